@@ -1,0 +1,311 @@
+//! The request pipeline: normalize -> route -> tenant -> emulate or forward -> record.
+//!
+//! [`App`] is a cloneable handle on the running config; the server calls [`App::handle`] for each
+//! request, tests call it directly (or through `tower::Service`). A reload swaps the whole
+//! [`Runtime`] at once, so each request runs start to end on the config it started with.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, header};
+use http_body::Body;
+
+use crate::body::{BoxError, ProxyBody};
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::forward::{self, Upstream, headers};
+use crate::promapi::EmulatedEndpoint;
+use crate::route::{RouteMatch, RouteTable, normalize_path};
+use crate::telemetry::{Exchange, Metered, Metrics};
+
+/// The body of every response tenantgate sends.
+pub type ResponseBody = Metered<ProxyBody>;
+
+/// What the server knows about the connection a request came on. Inserted into request
+/// extensions by the server; absent in in-process tests (then loopback, plain HTTP).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        ConnInfo {
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            tls: false,
+        }
+    }
+}
+
+/// One loaded config, ready to serve: routes indexed, upstream pools built.
+#[derive(Debug)]
+pub struct Runtime {
+    pub config: Config,
+    pub table: RouteTable,
+    pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
+}
+
+impl Runtime {
+    /// Builds the runtime for a config. Connection pools of upstreams whose settings did not
+    /// change are carried over from `previous`, so a reload does not drop warm connections.
+    pub fn new(mut config: Config, previous: Option<&Runtime>) -> Result<Self, String> {
+        let mut upstreams = HashMap::new();
+        for (name, settings) in &config.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name.as_str()))
+                .filter(|u| format!("{:?}", u.settings) == format!("{settings:?}"))
+                .cloned();
+            let upstream = match reused {
+                Some(u) => u,
+                None => Arc::new(
+                    Upstream::new(settings.clone())
+                        .map_err(|e| format!("upstreams.{name}: {e}"))?,
+                ),
+            };
+            upstreams.insert(Arc::from(name.as_str()), upstream);
+        }
+        let routes = std::mem::take(&mut config.routes);
+        Ok(Runtime {
+            table: RouteTable::new(routes),
+            config,
+            upstreams,
+        })
+    }
+}
+
+struct Shared {
+    runtime: RwLock<Arc<Runtime>>,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+/// The proxy as a service. Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// Options that are not part of the config file.
+#[derive(Debug, Clone, Copy)]
+pub struct AppOptions {
+    /// Write one log line per request.
+    pub access_log: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        AppOptions { access_log: true }
+    }
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<&str> {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    // Strip the port; keep IPv6 brackets intact.
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+impl App {
+    pub fn new(config: Config, options: AppOptions) -> Result<Self, String> {
+        let metrics = Arc::new(Metrics::new());
+        let runtime = Runtime::new(config, None)?;
+        metrics.config_loaded(true);
+        Ok(App {
+            shared: Arc::new(Shared {
+                runtime: RwLock::new(Arc::new(runtime)),
+                metrics,
+                access_log: options.access_log,
+            }),
+        })
+    }
+
+    /// The config requests are served with right now.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        match self.shared.runtime.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a new config. Requests already running keep the one they started with.
+    pub fn swap(&self, config: Config) -> Result<(), String> {
+        let next = Arc::new(Runtime::new(config, Some(&self.runtime()))?);
+        match self.shared.runtime.write() {
+            Ok(mut g) => *g = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+        Ok(())
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Serves one request. Never fails: every error becomes a response.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let runtime = self.runtime();
+        let mut exchange = Box::new(Exchange::new(
+            self.shared.metrics.clone(),
+            self.shared.access_log,
+            req.method().clone(),
+            String::new(),
+        ));
+        let resp = match self.route_and_serve(&runtime, req, &mut exchange).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                if let ProxyError::Upstream { kind, .. } = &e {
+                    if let Some(u) = exchange.upstream.clone() {
+                        self.shared.metrics.upstream_error(&u, *kind);
+                    }
+                }
+                exchange.error = Some(e.to_string());
+                if exchange.path.is_empty() {
+                    // A path that failed normalization is attacker-shaped; it is not logged.
+                    exchange.path = "<rejected>".to_owned();
+                }
+                e.to_response()
+            }
+        };
+        exchange.status = resp.status().as_u16();
+        let (parts, body) = resp.into_parts();
+        Response::from_parts(parts, Metered::new(body, exchange))
+    }
+
+    async fn route_and_serve<B>(
+        &self,
+        rt: &Runtime,
+        req: Request<B>,
+        ex: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        // 1. One normalized path, used for matching and forwarding alike.
+        let path = normalize_path(req.uri().path())?.into_owned();
+        ex.path.clone_from(&path);
+
+        // 2. Route: exact path, then the longest prefix, narrowed by method and host.
+        let route = match rt.table.lookup(&path, req.method(), host_of(&req)) {
+            RouteMatch::Found(r) => r.clone(),
+            RouteMatch::MethodNotAllowed => {
+                return Err(ProxyError::MethodNotAllowed(req.method().to_string()));
+            }
+            RouteMatch::NotFound => {
+                return Err(ProxyError::NoRoute {
+                    method: req.method().to_string(),
+                    path,
+                });
+            }
+        };
+        ex.set_route(&route.name);
+
+        // 3. Tenant: chosen by the route, never taken from the client as sent.
+        let (tenant, origin) = route.tenant.resolve();
+        ex.tenant = Some(tenant.label());
+        ex.tenant_origin = Some(origin.as_str());
+
+        // 4. Emulated endpoints are answered before anything reaches the upstream.
+        if let Some(emulation) = &route.prometheus {
+            if let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), &path) {
+                let m = ex.metrics();
+                m.emulated
+                    .get_or_create(&crate::telemetry::EmulatedLabels {
+                        route: route.name.clone(),
+                        endpoint: endpoint.name(),
+                    })
+                    .inc();
+                if endpoint == EmulatedEndpoint::Config {
+                    m.sidecar_last_seen
+                        .get_or_create(&crate::telemetry::RouteLabels {
+                            route: route.name.clone(),
+                        })
+                        .set(crate::time::now_millis() as f64 / 1000.0);
+                }
+                return emulation.respond(endpoint, req.method());
+            }
+        }
+
+        // 5. Forward.
+        let upstream = rt.upstreams.get(&route.upstream).ok_or_else(|| {
+            ProxyError::Internal(format!(
+                "route {} has no upstream {}",
+                route.name, route.upstream
+            ))
+        })?;
+        ex.upstream = Some(route.upstream.clone());
+        if content_length(req.headers()).is_some_and(|n| n > route.max_request_body) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: route.max_request_body,
+            });
+        }
+        let conn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .copied()
+            .unwrap_or_default();
+        let target = route.rewrite.apply(&path);
+        let uri = upstream.uri_for(&target, req.uri().query())?;
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_tenant(&mut parts.headers, tenant);
+        headers::add_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
+        // The client's Host names tenantgate; the client library sets the upstream's from the URI.
+        parts.headers.remove(header::HOST);
+        parts.uri = uri;
+        parts.extensions = http::Extensions::new();
+        let body = forward::upstream_body(body, route.max_request_body, ex.bytes_in.clone());
+        upstream.send(Request::from_parts(parts, body)).await
+    }
+}
+
+impl<B> tower::Service<Request<B>> for App
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let app = self.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}

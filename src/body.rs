@@ -1,0 +1,99 @@
+//! The response body type: either bytes tenantgate produced, or the upstream's body streamed
+//! through frame by frame, never collected.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// Errors while streaming a body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The upstream sent nothing for longer than the upstream's `timeouts.idle`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream body idle for more than {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+pin_project_lite::pin_project! {
+    /// A response body. `Full` is answered by tenantgate itself; `Upstream` streams the
+    /// upstream's body with an idle timeout between frames (there is no total deadline: a remote
+    /// read may stream for minutes).
+    #[project = ProxyBodyProj]
+    pub enum ProxyBody {
+        Full { data: Option<Bytes> },
+        Upstream {
+            #[pin] inner: Incoming,
+            idle: Duration,
+            #[pin] timer: Sleep,
+        },
+    }
+}
+
+impl ProxyBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        let data = data.into();
+        ProxyBody::Full {
+            data: if data.is_empty() { None } else { Some(data) },
+        }
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Full { data: None }
+    }
+
+    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+        ProxyBody::Upstream {
+            inner,
+            idle,
+            timer: tokio::time::sleep(idle),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ProxyBodyProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ProxyBodyProj::Upstream {
+                inner,
+                idle,
+                mut timer,
+            } => match inner.poll_frame(cx) {
+                Poll::Ready(frame) => {
+                    timer.as_mut().reset(Instant::now() + *idle);
+                    Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
+                }
+                Poll::Pending => {
+                    ready!(timer.poll(cx));
+                    Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)))))
+                }
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Full { data } => data.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Full { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! Configuration: YAML in, validated domain types out.
+//!
+//! Loading happens in two stages, as in sozu: [`raw`] holds serde structs that reject unknown
+//! keys, and [`validate`] turns them into [`Config`], collecting every problem it finds. Each error
+//! names the key path and, where the YAML parser knows it, the line:
+//!
+//! ```text
+//! tenantgate.yaml:12:15: routes[1].upstream: unknown upstream "mimri" (known: mimir)
+//! ```
+
+pub mod raw;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::Uri;
+
+pub use validate::{DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_BODY, Overrides, parse_listen, validate};
+
+use crate::route::Route;
+
+/// The built-in config used when no `--config` is given: the dev shim. It is also shipped as
+/// `config/dev.yaml`, so the two cannot drift apart.
+pub const BUILTIN: &str = include_str!("../../config/dev.yaml");
+
+/// Name shown for the built-in config in errors and `tenantgate check`.
+pub const BUILTIN_NAME: &str = "<built-in config>";
+
+/// The validated configuration tenantgate runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from (file path or [`BUILTIN_NAME`]).
+    pub source: String,
+    pub server: ServerSettings,
+    pub admin: Option<AdminSettings>,
+    pub upstreams: BTreeMap<String, UpstreamSettings>,
+    /// Routes in file order.
+    pub routes: Vec<Route>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub shutdown_grace: Duration,
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub name: String,
+    /// Scheme and authority only.
+    pub origin: Uri,
+    /// Path prepended to every forwarded path, without a trailing slash ("" for none).
+    pub base_path: String,
+    pub http2: bool,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response_header: Duration,
+    pub idle: Duration,
+}
+
+/// One problem in a config, located as precisely as the parser allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key path, e.g. `routes[1].upstream` (`.` for the document itself).
+    pub path: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+/// Every problem found in one config source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.source)?;
+            if let Some(line) = e.line {
+                write!(f, ":{line}")?;
+                if let Some(col) = e.column {
+                    write!(f, ":{col}")?;
+                }
+            }
+            write!(f, ": {}: {}", e.path, e.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Strips the " at line N, column M" serde-saphyr appends, since we print the location ourselves.
+fn strip_location(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i) if msg[i..].contains(", column ") => &msg[..i],
+        _ => msg,
+    }
+}
+
+/// The parser's limits, so that hostile YAML (alias bombs, deep nesting) fails fast.
+fn parse_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_depth = 64;
+    budget.max_documents = 1;
+    budget.max_nodes = 250_000;
+    budget.max_total_scalar_bytes = 16 << 20;
+    serde_saphyr::options! { budget: Some(budget) }
+}
+
+/// Keys whose values are wrapped in `Spanned` (for line numbers): serde sees an extra `value`
+/// level below them, which is not part of the user's file.
+const SPANNED_KEYS: [&str; 14] = [
+    "listen",
+    "url",
+    "connect",
+    "response_header",
+    "idle",
+    "match",
+    "upstream",
+    "tenant",
+    "rewrite",
+    "prometheus",
+    "external_labels",
+    "version",
+    "lowest_timestamp",
+    "routes",
+];
+
+/// The key path as the user wrote it: `routes[1].upstream`, without `Spanned`'s inner level.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    let mut prev: Option<&Segment> = None;
+    let mut after_routes_index = false;
+    for seg in path.iter() {
+        let spanned_parent = match prev {
+            Some(Segment::Map { key }) => SPANNED_KEYS.contains(&key.as_str()) && key != "routes",
+            Some(Segment::Seq { .. }) => after_routes_index,
+            _ => false,
+        };
+        match seg {
+            Segment::Map { key } if key == "value" && spanned_parent => {
+                prev = Some(seg);
+                after_routes_index = false;
+                // Mark this `value` as consumed so a label literally named "value" below survives.
+                continue;
+            }
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Seq { index } => {
+                out.push_str(&format!("[{index}]"));
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push('?');
+            }
+        }
+        after_routes_index = matches!(seg, Segment::Seq { .. })
+            && matches!(prev, Some(Segment::Map { key }) if key == "routes");
+        prev = Some(seg);
+    }
+    if out.is_empty() { ".".into() } else { out }
+}
+
+/// Parses YAML into the raw structs, with the key path and line of the first error.
+pub fn parse_raw(yaml: &str, source: &str) -> Result<raw::RawConfig, ConfigErrors> {
+    let mut path: Option<String> = None;
+    let result =
+        serde_saphyr::with_deserializer_from_str_with_options(yaml, parse_options(), |de| {
+            serde_path_to_error::deserialize::<_, raw::RawConfig>(de).map_err(|e| {
+                path = Some(key_path(e.path()));
+                e.into_inner()
+            })
+        });
+    result.map_err(|e| {
+        let loc = e.location();
+        let message = e.without_snippet().to_string();
+        ConfigErrors {
+            source: source.to_owned(),
+            errors: vec![ConfigError {
+                path: path.unwrap_or_else(|| ".".into()),
+                line: loc.map(|l| l.line() as usize),
+                column: loc.map(|l| l.column() as usize),
+                message: strip_location(&message).to_owned(),
+            }],
+        }
+    })
+}
+
+/// Parses and validates YAML text. `source` names it in errors.
+pub fn from_yaml(yaml: &str, source: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let raw = parse_raw(yaml, source)?;
+    validate(raw, source, overrides)
+}
+
+/// Reads, parses and validates a config file.
+pub fn load_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![ConfigError {
+            path: ".".into(),
+            line: None,
+            column: None,
+            message: format!("cannot read: {e}"),
+        }],
+    })?;
+    from_yaml(&text, &source, overrides)
+}
+
+/// Loads the file if one is given, else the built-in default.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    match path {
+        Some(p) => load_file(p, overrides),
+        None => from_yaml(BUILTIN, BUILTIN_NAME, overrides),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+//! Every error tenantgate answers with itself, and the one table that maps each to a status code.
+//!
+//! Bodies use the Prometheus HTTP API error shape, so Grafana, promtool and Thanos show them as
+//! they would a Prometheus error: `{"status":"error","errorType":"...","error":"..."}`.
+//! Errors the upstream answers (a 4xx or 5xx response) are not errors here: they pass through.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::body::ProxyBody;
+use crate::route::PathError;
+use crate::tenant::InvalidTenant;
+
+/// Who caused an error: drives metrics labels and log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// The kind of upstream failure, as the `kind` label of `tenantgate_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Tls,
+}
+
+impl UpstreamErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Reset => "reset",
+            UpstreamErrorKind::Tls => "tls",
+        }
+    }
+}
+
+/// An error answered by tenantgate itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("bad request path: {0}")]
+    BadPath(#[from] PathError),
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    #[error("request body is larger than this route's max_request_body ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("invalid tenant: {0}")]
+    BadTenant(#[from] InvalidTenant),
+    #[error("upstream {upstream}: {detail}")]
+    Upstream {
+        upstream: String,
+        kind: UpstreamErrorKind,
+        detail: String,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The status code and Prometheus `errorType` for this error. This is the only place that
+    /// decides them.
+    pub fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            ProxyError::BadPath(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_data"),
+            ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
+            ProxyError::BadTenant(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            ProxyError::Upstream {
+                kind: UpstreamErrorKind::Timeout,
+                ..
+            } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
+            ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "unavailable"),
+            ProxyError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+
+    pub fn fault(&self) -> Fault {
+        match self {
+            ProxyError::Upstream { .. } => Fault::Upstream,
+            ProxyError::Internal(_) => Fault::Internal,
+            _ => Fault::Client,
+        }
+    }
+
+    /// The response tenantgate sends for this error.
+    pub fn to_response(&self) -> Response<ProxyBody> {
+        let (status, error_type) = self.status();
+        error_response(status, error_type, &self.to_string())
+    }
+}
+
+/// A Prometheus-style JSON error response.
+pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({"status": "error", "errorType": error_type, "error": message});
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(kind: UpstreamErrorKind) -> ProxyError {
+        ProxyError::Upstream {
+            upstream: "mimir".into(),
+            kind,
+            detail: "x".into(),
+        }
+    }
+
+    #[test]
+    fn status_table() {
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (ProxyError::BadPath(PathError::DotSegment), 400, "bad_data"),
+            (
+                ProxyError::NoRoute {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                },
+                404,
+                "not_found",
+            ),
+            (ProxyError::MethodNotAllowed("PUT".into()), 405, "bad_data"),
+            (ProxyError::BodyTooLarge { limit: 10 }, 413, "bad_data"),
+            (
+                ProxyError::BadTenant(InvalidTenant::Federation),
+                400,
+                "bad_data",
+            ),
+            (upstream(UpstreamErrorKind::Connect), 502, "unavailable"),
+            (upstream(UpstreamErrorKind::Reset), 502, "unavailable"),
+            (upstream(UpstreamErrorKind::Tls), 502, "unavailable"),
+            (upstream(UpstreamErrorKind::Timeout), 504, "timeout"),
+            (ProxyError::Internal("x".into()), 500, "internal"),
+        ];
+        for (err, code, ty) in cases {
+            assert_eq!(
+                err.status(),
+                (StatusCode::from_u16(code).unwrap(), ty),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn faults_say_who_caused_it() {
+        assert_eq!(
+            upstream(UpstreamErrorKind::Connect).fault(),
+            Fault::Upstream
+        );
+        assert_eq!(
+            ProxyError::BadPath(PathError::DotSegment).fault(),
+            Fault::Client
+        );
+        assert_eq!(ProxyError::Internal("x".into()).fault(), Fault::Internal);
+    }
+
+    #[tokio::test]
+    async fn body_is_prometheus_shaped_json() {
+        use http_body_util::BodyExt;
+        let resp = upstream(UpstreamErrorKind::Connect).to_response();
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status":"error","errorType":"unavailable","error":"upstream mimir: x"})
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! Header hygiene for forwarded requests and responses.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::tenant::{TENANT_HEADER, TenantId};
+
+/// Hop-by-hop headers: meaningful for one connection only, never forwarded (RFC 9110 §7.6.1,
+/// plus the non-standard `Keep-Alive` and `Proxy-Connection` that clients still send).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`
+/// (RFC 9110 §7.6.1: "a proxy ... MUST remove ... each connection option ... listed").
+/// `Upgrade` is removed too: tenantgate does not tunnel protocol upgrades.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Replaces every client-supplied `X-Scope-OrgID` (header names are case-insensitive, and
+/// `HeaderMap::insert` drops every earlier copy) with exactly the one tenantgate chose.
+pub fn set_tenant(headers: &mut HeaderMap, tenant: &TenantId) {
+    headers.insert(
+        HeaderName::from_static(TENANT_HEADER),
+        tenant.header_value().clone(),
+    );
+}
+
+/// Removes every `X-Scope-OrgID` without setting one.
+pub fn remove_tenant(headers: &mut HeaderMap) {
+    headers.remove(HeaderName::from_static(TENANT_HEADER));
+}
+
+/// Appends the client address to `X-Forwarded-For` (as NGINX's `$proxy_add_x_forwarded_for`
+/// does) and sets `X-Forwarded-Proto` to the scheme the client used.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let ip = client.to_string();
+    let joined: Option<String> = {
+        let earlier: Vec<&str> = headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if earlier.is_empty() {
+            None
+        } else {
+            Some(format!("{}, {ip}", earlier.join(", ")))
+        }
+    };
+    let value = HeaderValue::from_str(joined.as_deref().unwrap_or(&ip))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    headers.insert(xff, value);
+    let proto = if https { "https" } else { "http" };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(proto),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Every hop-by-hop header of RFC 9110 §7.6.1 is removed; end-to-end headers stay.
+    #[test]
+    fn strips_the_standard_hop_by_hop_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("content-type", "application/x-protobuf"),
+            ("content-encoding", "snappy"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type", "content-encoding"]);
+    }
+
+    /// Headers named in Connection are connection-specific and removed too.
+    #[test]
+    fn strips_headers_named_in_connection() {
+        let mut h = map(&[
+            ("connection", "close, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("x-keep", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-hop").is_none() && h.get("x-other").is_none());
+        assert_eq!(h["x-keep"], "3");
+    }
+
+    /// Garbage in Connection does not panic and does not remove anything else.
+    #[test]
+    fn ignores_invalid_connection_tokens() {
+        let mut h = map(&[("connection", "a b, , @@"), ("x-keep", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["x-keep"], "1");
+    }
+
+    /// Every client copy of X-Scope-OrgID is replaced by exactly one value.
+    #[test]
+    fn tenant_header_is_replaced_never_appended() {
+        let mut h = map(&[
+            ("x-scope-orgid", "evil"),
+            ("X-SCOPE-ORGID", "evil2"),
+            ("X-Scope-OrgID", "a|b"),
+        ]);
+        set_tenant(&mut h, &TenantId::parse("team-a").unwrap());
+        let all: Vec<_> = h.get_all("x-scope-orgid").iter().collect();
+        assert_eq!(all, ["team-a"]);
+    }
+
+    #[test]
+    fn remove_tenant_removes_every_copy() {
+        let mut h = map(&[("x-scope-orgid", "a"), ("x-scope-orgid", "b")]);
+        remove_tenant(&mut h);
+        assert!(h.get("x-scope-orgid").is_none());
+    }
+
+    /// X-Forwarded-For is appended to, X-Forwarded-Proto is set.
+    #[test]
+    fn forwarded_headers() {
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), false);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "ftp"),
+        ]);
+        add_forwarded(&mut h, "::1".parse().unwrap(), true);
+        assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+}

@@ -1,0 +1,264 @@
+//! Forwarding to an upstream: one pooled hyper client per upstream, bodies streamed both ways.
+
+pub mod headers;
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::config::UpstreamSettings;
+use crate::error::{ProxyError, UpstreamErrorKind};
+
+/// The body type sent upstream.
+pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Idle pooled connections are closed after this long (below Mimir's and NGINX's defaults, so
+/// tenantgate closes first and never writes to a connection the upstream is closing).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// The request body grew past the route's `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+pin_project_lite::pin_project! {
+    /// A request body on its way upstream: fails once it exceeds `limit` bytes, and counts bytes
+    /// into `seen` for metrics and the access log.
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        limit: u64,
+        total: u64,
+        seen: Arc<AtomicU64>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    pub fn new(inner: B, limit: u64, seen: Arc<AtomicU64>) -> Self {
+        LimitedBody {
+            inner,
+            limit,
+            total: 0,
+            seen,
+        }
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.total += data.len() as u64;
+                    this.seen.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    if *this.total > *this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: *this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One upstream: its settings and its connection pool.
+pub struct Upstream {
+    pub settings: UpstreamSettings,
+    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("name", &self.settings.name)
+            .finish()
+    }
+}
+
+fn tls_config() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A broken certificate in the system store should not stop the others from loading.
+        let _ = roots.add(cert);
+    }
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map_err(|e| format!("TLS setup: {e}"))
+}
+
+impl Upstream {
+    pub fn new(settings: UpstreamSettings) -> Result<Self, String> {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.timeouts.connect));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config()?)
+            .https_or_http();
+        let connector = if settings.http2 {
+            builder.enable_http2().wrap_connector(http)
+        } else {
+            builder.enable_http1().wrap_connector(http)
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(settings.http2)
+            .build(connector);
+        Ok(Upstream { settings, client })
+    }
+
+    /// The full upstream URI for a rewritten path and the original query.
+    pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
+        let base = &self.settings.base_path;
+        let pq = match query {
+            Some(q) => format!("{base}{path}?{q}"),
+            None => format!("{base}{path}"),
+        };
+        let mut parts = self.settings.origin.clone().into_parts();
+        parts.path_and_query = Some(
+            pq.parse()
+                .map_err(|e| ProxyError::Internal(format!("bad upstream path: {e}")))?,
+        );
+        Uri::from_parts(parts).map_err(|e| ProxyError::Internal(format!("bad upstream URI: {e}")))
+    }
+
+    /// Sends a prepared request (URI and headers already set) and returns the response with its
+    /// body streaming. Only the wait for response headers has a deadline.
+    pub async fn send(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        *req.version_mut() = if self.settings.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        let timeouts = self.settings.timeouts;
+        let resp =
+            match tokio::time::timeout(timeouts.response_header, self.client.request(req)).await {
+                Ok(Ok(resp)) => resp,
+                Ok(Err(e)) => return Err(self.classify(&e)),
+                Err(_) => {
+                    return Err(ProxyError::Upstream {
+                        upstream: self.settings.name.clone(),
+                        kind: UpstreamErrorKind::Timeout,
+                        detail: format!(
+                            "no response headers within {}",
+                            crate::config::units::format_duration(timeouts.response_header)
+                        ),
+                    });
+                }
+            };
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            ProxyBody::upstream(body, timeouts.idle),
+        ))
+    }
+
+    /// Maps a client error to what the caller is told, walking the error's causes.
+    fn classify(&self, err: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source: Option<&(dyn StdError + 'static)> = err.source();
+        let mut kind = if err.is_connect() {
+            UpstreamErrorKind::Connect
+        } else {
+            UpstreamErrorKind::Reset
+        };
+        let mut detail = None;
+        while let Some(e) = source {
+            if let Some(too_large) = e.downcast_ref::<BodyTooLarge>() {
+                return ProxyError::BodyTooLarge {
+                    limit: too_large.limit,
+                };
+            }
+            if e.downcast_ref::<rustls::Error>().is_some() {
+                kind = UpstreamErrorKind::Tls;
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::TimedOut {
+                    kind = UpstreamErrorKind::Timeout;
+                }
+                if io
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<rustls::Error>())
+                {
+                    kind = UpstreamErrorKind::Tls;
+                }
+            }
+            detail = Some(e.to_string());
+            source = e.source();
+        }
+        let detail = match (err.is_connect(), detail) {
+            (true, Some(d)) => format!("cannot connect: {d}"),
+            (true, None) => "cannot connect".to_owned(),
+            (false, Some(d)) => d,
+            (false, None) => err.to_string(),
+        };
+        ProxyError::Upstream {
+            upstream: self.settings.name.clone(),
+            kind,
+            detail,
+        }
+    }
+}
+
+/// Boxes a request body for the upstream client, with a size limit and a byte counter.
+pub fn upstream_body<B>(body: B, limit: u64, seen: Arc<AtomicU64>) -> UpstreamBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    LimitedBody::new(body, limit, seen).boxed_unsync()
+}
+
+/// True when a body error means the upstream went quiet (for metrics).
+pub fn is_idle_timeout(e: &BoxError) -> bool {
+    e.is::<IdleTimeout>()
+}

@@ -1,0 +1,269 @@
+//! The command line. Everything else lives in the library.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use tenantgate::app::AppOptions;
+use tenantgate::config::{self, Config, Overrides};
+use tenantgate::server::{self, ConfigSource, Server};
+use tenantgate::telemetry::{self, LogFormat, LogLevel};
+
+/// A reverse proxy that makes Grafana Mimir look like Prometheus: it sets X-Scope-OrgID per route
+/// and answers the Prometheus endpoints Mimir lacks, so a Thanos sidecar, Grafana or promtool can
+/// use Mimir as if it were Prometheus.
+///
+/// Without --config it runs the built-in dev shim: listen on 127.0.0.1:9090, forward to Mimir on
+/// http://127.0.0.1:8080 as tenant "anonymous", emulate Prometheus under /prometheus.
+#[derive(Parser, Debug)]
+#[command(name = "tenantgate", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    source: SourceArgs,
+    /// Log level.
+    #[arg(long = "log.level", value_enum, default_value = "info", global = true)]
+    log_level: LogLevel,
+    /// Log format.
+    #[arg(
+        long = "log.format",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
+    log_format: LogFormat,
+    /// Write one access-log line per request.
+    #[arg(long = "log.access", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    log_access: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+struct SourceArgs {
+    /// Config file (YAML). Without it, the built-in dev shim config is used.
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        env = "TENANTGATE_CONFIG",
+        global = true
+    )]
+    config: Option<PathBuf>,
+    /// Override the URL of the config's only upstream.
+    #[arg(long, value_name = "URL", global = true)]
+    upstream: Option<String>,
+    /// Override the tenant of every route.
+    #[arg(long, value_name = "ID", global = true)]
+    tenant: Option<String>,
+    /// Override the data listen address (e.g. 127.0.0.1:9090 or :9090).
+    #[arg(long, value_name = "ADDR", global = true)]
+    listen: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve (the default when no command is given).
+    Serve,
+    /// Validate the config and print the route table; exit non-zero on any error.
+    Check,
+}
+
+impl SourceArgs {
+    fn source(&self) -> ConfigSource {
+        ConfigSource {
+            path: self.config.clone(),
+            overrides: Overrides {
+                upstream: self.upstream.clone(),
+                tenant: self.tenant.clone(),
+                listen: self.listen.clone(),
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = cli.source.source();
+    let config = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            eprintln!(
+                "tenantgate: the config has {} error(s); nothing was started",
+                e.errors.len()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command {
+        Some(Command::Check) => {
+            print!("{}", describe(&config));
+            ExitCode::SUCCESS
+        }
+        Some(Command::Serve) | None => {
+            telemetry::init_logging(cli.log_format, cli.log_level);
+            serve(
+                config,
+                source,
+                AppOptions {
+                    access_log: cli.log_access,
+                },
+            )
+        }
+    }
+}
+
+fn serve(config: Config, source: ConfigSource, options: AppOptions) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tenantgate: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let config_name = config.source.clone();
+        let server = match Server::bind(config, source, options).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return ExitCode::from(1);
+            }
+        };
+        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, "tenantgate starting");
+        let handle = server.handle();
+        server.run(server::signals(handle)).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// The route table as `tenantgate check` prints it.
+fn describe(c: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let addrs = |v: &[std::net::SocketAddr]| {
+        v.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "{}: ok", c.source);
+    let _ = writeln!(out, "listen: {}", addrs(&c.server.listen));
+    match &c.admin {
+        Some(a) => {
+            let _ = writeln!(
+                out,
+                "admin:  {} (/metrics, /-/healthy, /-/ready, /-/reload)",
+                addrs(&a.listen)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "admin:  off");
+        }
+    }
+    let _ = writeln!(out, "\nupstreams:");
+    for u in c.upstreams.values() {
+        let t = &u.timeouts;
+        let _ = writeln!(
+            out,
+            "  {:<16} {}{}  (http2: {}, connect {}, response_header {}, idle {})",
+            u.name,
+            u.origin.to_string().trim_end_matches('/'),
+            u.base_path,
+            u.http2,
+            config::units::format_duration(t.connect),
+            config::units::format_duration(t.response_header),
+            config::units::format_duration(t.idle),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nroutes, in match order (exact paths first, then the longest prefix):"
+    );
+    let table = tenantgate::route::RouteTable::new(Vec::new());
+    let _ = table;
+    let mut order: Vec<&tenantgate::route::Route> = c
+        .routes
+        .iter()
+        .filter(|r| matches!(r.path, tenantgate::route::PathMatch::Exact(_)))
+        .collect();
+    let mut prefixes: Vec<&tenantgate::route::Route> = c
+        .routes
+        .iter()
+        .filter(|r| matches!(r.path, tenantgate::route::PathMatch::Prefix(_)))
+        .collect();
+    prefixes.sort_by_key(|r| std::cmp::Reverse(r.path.as_str().len()));
+    order.extend(prefixes);
+    for r in order {
+        let kind = match r.path {
+            tenantgate::route::PathMatch::Exact(_) => "=",
+            tenantgate::route::PathMatch::Prefix(_) => "prefix",
+        };
+        let methods = r
+            .methods
+            .as_ref()
+            .map(|m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","))
+            .unwrap_or_else(|| "any".into());
+        let host = r.host.as_deref().unwrap_or("any");
+        let upstream = c
+            .upstreams
+            .get(&*r.upstream)
+            .map(|u| {
+                format!(
+                    "{}{}",
+                    u.origin.to_string().trim_end_matches('/'),
+                    u.base_path
+                )
+            })
+            .unwrap_or_default();
+        let mut target = String::new();
+        if r.rewrite.strip_prefix.is_some() || r.rewrite.add_prefix.is_some() {
+            let _ = write!(
+                target,
+                " (rewrite: strip {:?}, add {:?})",
+                r.rewrite.strip_prefix.as_deref().unwrap_or(""),
+                r.rewrite.add_prefix.as_deref().unwrap_or("")
+            );
+        }
+        let _ = writeln!(out, "  {}", r.name);
+        let _ = writeln!(
+            out,
+            "    match:    {kind} {}  methods: {methods}  host: {host}",
+            r.path.as_str()
+        );
+        let _ = writeln!(out, "    forward:  {} {upstream}{target}", r.upstream);
+        let _ = writeln!(
+            out,
+            "    tenant:   {}  (X-Scope-OrgID set by tenantgate; client copies removed)",
+            r.tenant.describe()
+        );
+        let _ = writeln!(
+            out,
+            "    max body: {}",
+            config::units::format_size(r.max_request_body)
+        );
+        if let Some(e) = &r.prometheus {
+            let prefix = r.path.as_str().trim_end_matches('/');
+            let labels: Vec<String> = e
+                .external_labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v:?}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "    emulated: version {}, external_labels {{{}}}",
+                e.version,
+                labels.join(", ")
+            );
+            for ep in tenantgate::promapi::EmulatedEndpoint::ALL {
+                let _ = writeln!(out, "              {prefix}/{}", ep.subpath());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,489 @@
+//! Request paths and the route table.
+//!
+//! A path is normalized once, before routing, and the normalized path is both the one that is
+//! matched and the one that is forwarded: there is no gap in which a route is chosen for one path
+//! and the upstream (which decodes percent-escapes, as Go's `net/http` does) serves another.
+//!
+//! Normalization (RFC 3986 §6.2.2): percent-escapes of unreserved characters are decoded
+//! (`%41` -> `A`), other escapes get upper-case hex. Anything whose meaning could differ between
+//! tenantgate and the upstream is rejected with 400 instead: dot-segments (`/./`, `/../`, §5.2.4),
+//! escaped `/`, `\` and `.`, a literal `\`, empty segments (`//`), and malformed escapes.
+//!
+//! Matching follows NGINX `location`: an exact `path` beats any prefix, and the longest
+//! `path_prefix` wins. A prefix matches whole segments only: `/prometheus` matches `/prometheus`
+//! and `/prometheus/api/v1/query`, never `/prometheus-old`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::promapi::Emulation;
+use crate::tenant::TenantSource;
+
+/// Why a request path was rejected before routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("the path must start with '/'")]
+    NotAbsolute,
+    #[error("dot-segments ('.' or '..') are not allowed in the path")]
+    DotSegment,
+    #[error("empty path segments ('//') are not allowed")]
+    EmptySegment,
+    #[error("percent-encoded '{0}' is not allowed in the path")]
+    EncodedSeparator(char),
+    #[error("'\\' is not allowed in the path")]
+    Backslash,
+    #[error("malformed percent-escape in the path")]
+    BadEscape,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
+}
+
+/// Normalizes a request path, or says why it cannot be routed safely.
+///
+/// Returns the input unchanged (borrowed) when it is already normal, which is the common case.
+pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = raw.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out: Option<String> = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'\\' => return Err(PathError::Backslash),
+            b'%' => {
+                let (h, l) = match (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) {
+                    (Some(h), Some(l)) => (h, l),
+                    _ => return Err(PathError::BadEscape),
+                };
+                let decoded = h << 4 | l;
+                match decoded {
+                    b'/' => return Err(PathError::EncodedSeparator('/')),
+                    b'\\' => return Err(PathError::EncodedSeparator('\\')),
+                    b'.' => return Err(PathError::EncodedSeparator('.')),
+                    _ => {}
+                }
+                let buf = out.get_or_insert_with(|| raw[..i].to_owned());
+                if is_unreserved(decoded) {
+                    buf.push(decoded as char);
+                } else {
+                    buf.push('%');
+                    buf.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                    buf.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+                }
+                i += 3;
+                continue;
+            }
+            _ => {
+                if let Some(buf) = out.as_mut() {
+                    buf.push(b as char);
+                }
+            }
+        }
+        i += 1;
+    }
+    // The input is a URI path, which hyper has already limited to ASCII, so byte-wise pushing
+    // above is exact. Segment checks run on the normalized form.
+    let path: Cow<'_, str> = match out {
+        Some(s) => Cow::Owned(s),
+        None => Cow::Borrowed(raw),
+    };
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." | ".." => return Err(PathError::DotSegment),
+            // A trailing slash ("/api/") is an empty last segment and is fine.
+            "" if n != last => return Err(PathError::EmptySegment),
+            _ => {}
+        }
+    }
+    Ok(path)
+}
+
+/// How a route matches paths.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// Exactly this path.
+    Exact(String),
+    /// This path and everything below it, segment-wise.
+    Prefix(String),
+}
+
+impl PathMatch {
+    /// Whether `path` (already normalized) matches.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => prefix_matches(p, path),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            PathMatch::Exact(p) | PathMatch::Prefix(p) => p,
+        }
+    }
+}
+
+/// Segment-wise prefix match: `/a` matches `/a` and `/a/b`, not `/ab`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Path rewriting applied after matching, before forwarding.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// Removed from the front of the path (validated at load to be a prefix of every matched path).
+    pub strip_prefix: Option<String>,
+    /// Put in front of the path after stripping.
+    pub add_prefix: Option<String>,
+}
+
+impl Rewrite {
+    /// Rewrites a normalized, matched path.
+    pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        let mut rest: &str = path;
+        if let Some(strip) = &self.strip_prefix {
+            if prefix_matches(strip, path) {
+                rest = &path[strip.trim_end_matches('/').len()..];
+            }
+        }
+        match &self.add_prefix {
+            Some(add) => {
+                let add = add.trim_end_matches('/');
+                let rest = if rest.is_empty() { "/" } else { rest };
+                Cow::Owned(format!("{add}{rest}"))
+            }
+            None if rest.is_empty() => Cow::Borrowed("/"),
+            None if rest.len() == path.len() => Cow::Borrowed(path),
+            None => Cow::Owned(rest.to_owned()),
+        }
+    }
+}
+
+/// One route, as the proxy runs it.
+#[derive(Debug)]
+pub struct Route {
+    pub name: Arc<str>,
+    pub path: PathMatch,
+    /// Allowed methods; `None` allows every method.
+    pub methods: Option<Vec<Method>>,
+    /// Required `Host` (lower case, without port); `None` matches any host.
+    pub host: Option<String>,
+    /// Name of the upstream requests are forwarded to.
+    pub upstream: Arc<str>,
+    pub tenant: TenantSource,
+    pub rewrite: Rewrite,
+    /// Largest request body accepted, in bytes.
+    pub max_request_body: u64,
+    /// Prometheus endpoints answered by tenantgate under this route's prefix.
+    pub prometheus: Option<Emulation>,
+}
+
+impl Route {
+    fn accepts(&self, method: &Method, host: Option<&str>) -> (bool, bool) {
+        let host_ok = match (&self.host, host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want.eq_ignore_ascii_case(got),
+            (Some(_), None) => false,
+        };
+        let method_ok = self.methods.as_ref().is_none_or(|m| m.contains(method));
+        (host_ok, method_ok)
+    }
+}
+
+/// The result of looking a request up in the [`RouteTable`].
+#[derive(Debug)]
+pub enum RouteMatch<'a> {
+    Found(&'a Arc<Route>),
+    /// A route matches the path and host, but not the method.
+    MethodNotAllowed,
+    NotFound,
+}
+
+/// All routes, indexed for lookup in NGINX `location` order.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+    exact: HashMap<String, Vec<usize>>,
+    /// Indexes of prefix routes, longest prefix first; equal lengths keep config order.
+    prefixes: Vec<usize>,
+}
+
+impl RouteTable {
+    pub fn new(routes: Vec<Route>) -> Self {
+        let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
+        let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut prefixes = Vec::new();
+        for (i, r) in routes.iter().enumerate() {
+            match &r.path {
+                PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
+                PathMatch::Prefix(_) => prefixes.push(i),
+            }
+        }
+        prefixes.sort_by_key(|&i| std::cmp::Reverse(routes[i].path.as_str().len()));
+        RouteTable {
+            routes,
+            exact,
+            prefixes,
+        }
+    }
+
+    /// Routes in the order they are tried: exact paths first, then prefixes, longest first.
+    pub fn in_match_order(&self) -> impl Iterator<Item = &Arc<Route>> {
+        let mut exact: Vec<usize> = self.exact.values().flatten().copied().collect();
+        exact.sort_unstable();
+        exact
+            .into_iter()
+            .chain(self.prefixes.iter().copied())
+            .map(move |i| &self.routes[i])
+    }
+
+    pub fn routes(&self) -> &[Arc<Route>] {
+        &self.routes
+    }
+
+    /// Finds the route for a normalized path, a method and an optional host (without port).
+    pub fn lookup(&self, path: &str, method: &Method, host: Option<&str>) -> RouteMatch<'_> {
+        let mut method_mismatch = false;
+        let candidates = self.exact.get(path).into_iter().flatten().chain(
+            self.prefixes
+                .iter()
+                .filter(|&&i| self.routes[i].path.matches(path)),
+        );
+        for &i in candidates {
+            let route = &self.routes[i];
+            match route.accepts(method, host) {
+                (true, true) => return RouteMatch::Found(route),
+                (true, false) => method_mismatch = true,
+                _ => {}
+            }
+        }
+        if method_mismatch {
+            RouteMatch::MethodNotAllowed
+        } else {
+            RouteMatch::NotFound
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::TenantId;
+
+    fn norm(s: &str) -> Result<String, PathError> {
+        normalize_path(s).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn normal_paths_pass_unchanged_and_borrowed() {
+        for p in [
+            "/",
+            "/prometheus",
+            "/prometheus/api/v1/query",
+            "/api/v1/upload/block/",
+            "/a-b_c~d",
+        ] {
+            assert!(
+                matches!(normalize_path(p), Ok(Cow::Borrowed(x)) if x == p),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn dot_segments_are_rejected() {
+        for p in [
+            "/.",
+            "/..",
+            "/a/./b",
+            "/a/../b",
+            "/prometheus/..",
+            "/./prometheus",
+        ] {
+            assert_eq!(norm(p), Err(PathError::DotSegment), "{p}");
+        }
+        // Dots inside a segment are ordinary characters.
+        assert_eq!(norm("/a.b/..c/c.."), Ok("/a.b/..c/c..".into()));
+    }
+
+    #[test]
+    fn encoded_separators_and_dots_are_rejected_in_any_case() {
+        for (p, c) in [
+            ("/a%2Fb", '/'),
+            ("/a%2fb", '/'),
+            ("/a%5Cb", '\\'),
+            ("/a%5cb", '\\'),
+            ("/%2e%2e/x", '.'),
+            ("/a%2E", '.'),
+        ] {
+            assert_eq!(norm(p), Err(PathError::EncodedSeparator(c)), "{p}");
+        }
+        assert_eq!(norm("/a\\b"), Err(PathError::Backslash));
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_so_the_upstream_sees_the_matched_path() {
+        assert_eq!(norm("/%70rometheus/api"), Ok("/prometheus/api".into()));
+        assert_eq!(norm("/a%7eb%2db"), Ok("/a~b-b".into()));
+        // Other escapes stay escaped, with canonical upper-case hex.
+        assert_eq!(
+            norm("/label/a%7cb/values"),
+            Ok("/label/a%7Cb/values".into())
+        );
+        assert_eq!(norm("/x%20y"), Ok("/x%20y".into()));
+    }
+
+    #[test]
+    fn malformed_paths_are_rejected() {
+        assert_eq!(norm(""), Err(PathError::NotAbsolute));
+        assert_eq!(norm("*"), Err(PathError::NotAbsolute));
+        assert_eq!(norm("/a%"), Err(PathError::BadEscape));
+        assert_eq!(norm("/a%4"), Err(PathError::BadEscape));
+        assert_eq!(norm("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(norm("//prometheus"), Err(PathError::EmptySegment));
+        assert_eq!(norm("/a//b"), Err(PathError::EmptySegment));
+    }
+
+    #[test]
+    fn decoding_cannot_smuggle_in_a_dot_segment() {
+        // "%2e" is rejected outright, so "/a/%2e%2e/b" cannot become "/a/../b".
+        assert_eq!(norm("/a/%2e%2e/b"), Err(PathError::EncodedSeparator('.')));
+        assert_eq!(norm("/a/.%2e/b"), Err(PathError::EncodedSeparator('.')));
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/prometheus", "/prometheus"));
+        assert!(prefix_matches("/prometheus", "/prometheus/api"));
+        assert!(!prefix_matches("/prometheus", "/prometheus-old/api"));
+        assert!(prefix_matches(
+            "/api/v1/upload/block/",
+            "/api/v1/upload/block/x"
+        ));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    fn route(name: &str, path: PathMatch) -> Route {
+        Route {
+            name: name.into(),
+            path,
+            methods: None,
+            host: None,
+            upstream: "u".into(),
+            tenant: TenantSource::Fixed(TenantId::parse("t").unwrap()),
+            rewrite: Rewrite::default(),
+            max_request_body: 1 << 20,
+            prometheus: None,
+        }
+    }
+
+    fn found<'a>(t: &'a RouteTable, path: &str, m: &Method, host: Option<&str>) -> Option<&'a str> {
+        match t.lookup(path, m, host) {
+            RouteMatch::Found(r) => Some(&r.name),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn exact_beats_prefix_and_longest_prefix_wins() {
+        let t = RouteTable::new(vec![
+            route("root", PathMatch::Prefix("/".into())),
+            route("prom", PathMatch::Prefix("/prometheus".into())),
+            route(
+                "rules",
+                PathMatch::Prefix("/prometheus/api/v1/rules".into()),
+            ),
+            route("push", PathMatch::Exact("/api/v1/push".into())),
+            route("api", PathMatch::Prefix("/api".into())),
+        ]);
+        let get = Method::GET;
+        assert_eq!(
+            found(&t, "/prometheus/api/v1/query", &get, None),
+            Some("prom")
+        );
+        assert_eq!(
+            found(&t, "/prometheus/api/v1/rules/x", &get, None),
+            Some("rules")
+        );
+        assert_eq!(
+            found(&t, "/prometheus/api/v1/rulesx", &get, None),
+            Some("prom")
+        );
+        assert_eq!(found(&t, "/api/v1/push", &get, None), Some("push"));
+        assert_eq!(found(&t, "/api/v1/push/x", &get, None), Some("api"));
+        assert_eq!(found(&t, "/other", &get, None), Some("root"));
+    }
+
+    #[test]
+    fn methods_and_hosts_narrow_a_match() {
+        let mut push = route("push", PathMatch::Exact("/api/v1/push".into()));
+        push.methods = Some(vec![Method::POST]);
+        let mut a = route("host-a", PathMatch::Prefix("/prometheus".into()));
+        a.host = Some("a.example".into());
+        let b = route("any-host", PathMatch::Prefix("/prometheus".into()));
+        let t = RouteTable::new(vec![push, a, b]);
+        assert_eq!(found(&t, "/api/v1/push", &Method::POST, None), Some("push"));
+        assert!(matches!(
+            t.lookup("/api/v1/push", &Method::GET, None),
+            RouteMatch::MethodNotAllowed
+        ));
+        assert_eq!(
+            found(&t, "/prometheus/x", &Method::GET, Some("A.Example")),
+            Some("host-a")
+        );
+        assert_eq!(
+            found(&t, "/prometheus/x", &Method::GET, Some("b.example")),
+            Some("any-host")
+        );
+        assert!(matches!(
+            t.lookup("/nothing", &Method::GET, None),
+            RouteMatch::NotFound
+        ));
+    }
+
+    #[test]
+    fn rewrite_strips_then_adds() {
+        let rw = Rewrite {
+            strip_prefix: Some("/team-a".into()),
+            add_prefix: Some("/prometheus".into()),
+        };
+        assert_eq!(rw.apply("/team-a/api/v1/query"), "/prometheus/api/v1/query");
+        assert_eq!(rw.apply("/team-a"), "/prometheus/");
+        let strip = Rewrite {
+            strip_prefix: Some("/team-a".into()),
+            add_prefix: None,
+        };
+        assert_eq!(strip.apply("/team-a/api"), "/api");
+        assert_eq!(strip.apply("/team-a"), "/");
+        let add = Rewrite {
+            strip_prefix: None,
+            add_prefix: Some("/prometheus/".into()),
+        };
+        assert_eq!(add.apply("/api/v1/query"), "/prometheus/api/v1/query");
+        assert_eq!(Rewrite::default().apply("/x"), "/x");
+    }
+}

@@ -1,0 +1,397 @@
+//! Listeners, connections, the admin endpoints, reload and graceful shutdown.
+//!
+//! Each accepted connection is served by hyper's auto builder (HTTP/1.1, or HTTP/2 with prior
+//! knowledge), under a header-read timeout so a slow client cannot hold a connection forever,
+//! and counted against `server.max_connections`. On shutdown, readiness goes false first, the
+//! listeners close, and connections get `server.shutdown_grace` to finish what they started.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::app::{App, AppOptions, ConnInfo};
+use crate::config::{self, Config, Overrides};
+
+/// Where a config came from, so that it can be read again on reload.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// The file, or `None` for the built-in default.
+    pub path: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, config::ConfigErrors> {
+        config::load(self.path.as_deref(), &self.overrides)
+    }
+}
+
+struct State {
+    app: App,
+    source: ConfigSource,
+    draining: AtomicBool,
+    /// Serializes reloads (SIGHUP and POST /-/reload may race).
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// A bound, not yet running, tenantgate.
+pub struct Server {
+    state: Arc<State>,
+    data: Vec<TcpListener>,
+    admin: Vec<TcpListener>,
+    max_connections: usize,
+    header_read_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+/// A handle to ask a running server to reload or to see its state.
+#[derive(Clone)]
+pub struct Handle {
+    state: Arc<State>,
+}
+
+impl Handle {
+    /// Re-reads the config source and swaps it in if valid; the old config keeps running if not.
+    pub async fn reload(&self) -> Result<(), String> {
+        reload(&self.state).await
+    }
+
+    pub fn app(&self) -> &App {
+        &self.state.app
+    }
+}
+
+async fn bind_all(addrs: &[SocketAddr], what: &str) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
+        })?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+impl Server {
+    /// Binds every listener of the config. Port 0 picks a free port (see [`Server::data_addrs`]).
+    pub async fn bind(
+        config: Config,
+        source: ConfigSource,
+        options: AppOptions,
+    ) -> std::io::Result<Server> {
+        let data = bind_all(&config.server.listen, "server.listen").await?;
+        let admin = match &config.admin {
+            Some(a) => bind_all(&a.listen, "admin.listen").await?,
+            None => Vec::new(),
+        };
+        let max_connections = config.server.max_connections;
+        let header_read_timeout = config.server.header_read_timeout;
+        let shutdown_grace = config.server.shutdown_grace;
+        let app = App::new(config, options).map_err(std::io::Error::other)?;
+        let state = Arc::new(State {
+            app,
+            source,
+            draining: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
+        });
+        Ok(Server {
+            state,
+            data,
+            admin,
+            max_connections,
+            header_read_timeout,
+            shutdown_grace,
+        })
+    }
+
+    pub fn data_addrs(&self) -> Vec<SocketAddr> {
+        self.data
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn admin_addrs(&self) -> Vec<SocketAddr> {
+        self.admin
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    pub fn handle(&self) -> Handle {
+        Handle {
+            state: self.state.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then drains: readiness false, listeners closed,
+    /// in-flight requests given `server.shutdown_grace` to finish.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout)
+            .max_headers(200);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(64 << 10);
+        let builder = Arc::new(builder);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let limit = Arc::new(Semaphore::new(self.max_connections));
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        for addr in self.data_addrs() {
+            tracing::info!(listener = "data", addr = %addr, "listening");
+        }
+        for addr in self.admin_addrs() {
+            tracing::info!(listener = "admin", addr = %addr, "listening");
+        }
+        let mut accept_tasks = Vec::new();
+        for l in self.data {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                l,
+                Role::Data,
+                self.state.clone(),
+                builder.clone(),
+                graceful.clone(),
+                limit.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        for l in self.admin {
+            accept_tasks.push(tokio::spawn(accept_loop(
+                l,
+                Role::Admin,
+                self.state.clone(),
+                builder.clone(),
+                graceful.clone(),
+                limit.clone(),
+                stop_rx.clone(),
+            )));
+        }
+
+        shutdown.await;
+        self.state.draining.store(true, Ordering::SeqCst);
+        tracing::info!(grace = %config::units::format_duration(self.shutdown_grace), "shutting down: no new connections, draining in-flight requests");
+        let _ = stop_tx.send(true);
+        for t in accept_tasks {
+            let _ = t.await;
+        }
+        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        match tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Data,
+    Admin,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    role: Role,
+    state: Arc<State>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    limit: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        // Wait for a free connection slot before accepting, so excess connections queue in the
+        // kernel backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, remote, role, &state, &builder, &graceful, permit);
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    role: Role,
+    state: &Arc<State>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let io = TokioIo::new(stream);
+    let conn_info = ConnInfo { remote, tls: false };
+    match role {
+        Role::Data => {
+            let app = state.app.clone();
+            let svc = service_fn(move |mut req: Request<Incoming>| {
+                let app = app.clone();
+                req.extensions_mut().insert(conn_info);
+                async move { Ok::<_, std::convert::Infallible>(app.handle(req).await) }
+            });
+            let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        Role::Admin => {
+            let state = state.clone();
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(admin(&state, req).await) }
+            });
+            let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The admin listener: tenantgate's own metrics, health and reload.
+async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics") => text(
+            StatusCode::OK,
+            state.app.metrics().encode(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        (&Method::GET | &Method::HEAD, "/-/healthy") => {
+            text(StatusCode::OK, "tenantgate is healthy.\n", PLAIN)
+        }
+        (&Method::GET | &Method::HEAD, "/-/ready") => {
+            if state.draining.load(Ordering::SeqCst) {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "tenantgate is shutting down.\n",
+                    PLAIN,
+                )
+            } else {
+                text(StatusCode::OK, "tenantgate is ready.\n", PLAIN)
+            }
+        }
+        (&Method::POST | &Method::PUT, "/-/reload") => match reload(state).await {
+            Ok(()) => text(StatusCode::OK, "config reloaded\n", PLAIN),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("failed to reload config: {e}\n"),
+                PLAIN,
+            ),
+        },
+        (_, "/metrics" | "/-/healthy" | "/-/ready" | "/-/reload") => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n",
+            PLAIN,
+        ),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /-/healthy, /-/ready or POST /-/reload\n",
+            PLAIN,
+        ),
+    }
+}
+
+async fn reload(state: &State) -> Result<(), String> {
+    let _guard = state.reload_lock.lock().await;
+    let metrics = state.app.metrics().clone();
+    let result = match state.source.load() {
+        Ok(config) => {
+            let old = state.app.runtime();
+            if config.server.listen != old.config.server.listen
+                || config.admin.as_ref().map(|a| &a.listen)
+                    != old.config.admin.as_ref().map(|a| &a.listen)
+            {
+                tracing::warn!("listen addresses changed: they take effect on restart only");
+            }
+            state.app.swap(config)
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    metrics.config_loaded(result.is_ok());
+    match &result {
+        Ok(()) => tracing::info!("config reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; the previous config stays in use")
+        }
+    }
+    result
+}
+
+/// Resolves on SIGTERM or SIGINT; reloads on every SIGHUP meanwhile.
+pub async fn signals(handle: Handle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int, mut hup) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => { tracing::info!(signal = "SIGTERM", "received"); return; }
+                _ = int.recv() => { tracing::info!(signal = "SIGINT", "received"); return; }
+                _ = hup.recv() => { tracing::info!(signal = "SIGHUP", "reloading config"); let _ = handle.reload().await; }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
