@@ -60,6 +60,9 @@ struct SourceArgs {
     /// Override the data listen address (e.g. 127.0.0.1:9090 or :9090).
     #[arg(long, value_name = "ADDR", global = true)]
     listen: Option<String>,
+    /// Override the admin listen address (/metrics, /-/healthy, /-/ready, /-/reload).
+    #[arg(long = "admin-listen", value_name = "ADDR", global = true)]
+    admin_listen: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -78,6 +81,7 @@ impl SourceArgs {
                 upstream: self.upstream.clone(),
                 tenant: self.tenant.clone(),
                 listen: self.listen.clone(),
+                admin_listen: self.admin_listen.clone(),
             },
         }
     }
@@ -185,8 +189,6 @@ fn describe(c: &Config) -> String {
         out,
         "\nroutes, in match order (exact paths first, then the longest prefix):"
     );
-    let table = tenantgate::route::RouteTable::new(Vec::new());
-    let _ = table;
     let mut order: Vec<&tenantgate::route::Route> = c
         .routes
         .iter()

@@ -44,6 +44,7 @@ fn command_line_overrides_apply_before_validation() {
         upstream: Some("http://localhost:9009".into()),
         tenant: Some("dev".into()),
         listen: Some(":8000".into()),
+        admin_listen: Some("127.0.0.1:0".into()),
     };
     let c = load(None, &o).unwrap();
     assert_eq!(
@@ -52,6 +53,10 @@ fn command_line_overrides_apply_before_validation() {
     );
     assert!(c.routes.iter().all(|r| r.tenant.describe() == "dev"));
     assert_eq!(c.server.listen, vec!["0.0.0.0:8000".parse().unwrap()]);
+    assert_eq!(
+        c.admin.unwrap().listen,
+        vec!["127.0.0.1:0".parse().unwrap()]
+    );
 
     let bad = Overrides {
         tenant: Some("a|b".into()),

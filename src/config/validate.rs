@@ -33,6 +33,8 @@ pub struct Overrides {
     pub tenant: Option<String>,
     /// New data listen address.
     pub listen: Option<String>,
+    /// New admin listen address (adds an admin listener if the config has none).
+    pub admin_listen: Option<String>,
 }
 
 struct Errors {
@@ -526,6 +528,12 @@ pub fn validate(
         }
     }
 
+    if let Some(listen) = &overrides.admin_listen {
+        let unknown = serde_saphyr::Location::UNKNOWN;
+        raw.admin = Some(super::raw::RawAdmin {
+            listen: Spanned::new(Listen(vec![listen.clone()]), unknown, unknown),
+        });
+    }
     let listen = match &raw.server.listen {
         Some(l) => listen_addrs(&mut errs, "server.listen", l),
         None => vec![

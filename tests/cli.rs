@@ -1,0 +1,177 @@
+//! The binary: `check` on every shipped config, clear config errors, and a real run of the
+//! built-in default config.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tenantgate");
+
+#[test]
+fn check_accepts_every_file_in_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            let out = Command::new(BIN)
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .expect("run check");
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(stdout.contains(": ok"), "{stdout}");
+            assert!(stdout.contains("tenant:"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected sidecar, gateway and dev configs, checked {checked}"
+    );
+}
+
+#[test]
+fn check_prints_the_route_table_with_emulated_endpoints() {
+    let out = Command::new(BIN).arg("check").output().expect("run check");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("<built-in config>: ok"), "{stdout}");
+    assert!(
+        stdout.contains("/prometheus/api/v1/status/config"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("prefix /prometheus"), "{stdout}");
+}
+
+#[test]
+fn a_bad_config_names_the_key_and_line_and_exits_non_zero() {
+    let dir = std::env::temp_dir().join(format!("tenantgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.yaml");
+    std::fs::write(&file, "upstreams:\n  mimir:\n    url: http://m\nroutes:\n  - name: a\n    match: { path_prefix: / }\n    upstream: mimri\n    tenant: t\n").unwrap();
+    for args in [vec!["check"], vec![]] {
+        let out = Command::new(BIN)
+            .args(&args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(
+                "bad.yaml:7:15: routes[0].upstream: unknown upstream \"mimri\" (known: mimir)"
+            ),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_and_version_work() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--config",
+        "--upstream",
+        "--tenant",
+        "--listen",
+        "--log.level",
+        "--log.format",
+        "check",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tenantgate "));
+}
+
+/// Kills the child on drop, so a failed assertion leaves no process behind.
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
+    let mut child = Child(
+        Command::new(BIN)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log.format",
+                "json",
+            ])
+            .env_remove("TENANTGATE_CONFIG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn tenantgate"),
+    );
+    // The data port is read from the "listening" log line.
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = None;
+    let mut log = String::new();
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        log.push_str(&line);
+        log.push('\n');
+        let v: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => continue,
+        };
+        if v["message"] == "listening" && v["listener"] == "data" {
+            addr = v["addr"].as_str().map(str::to_owned);
+            break;
+        }
+    }
+    let Some(addr) = addr else {
+        panic!("no listening line in:\n{log}")
+    };
+    // A plain-HTTP GET with std only: the emulated buildinfo endpoint.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.write_all(
+        b"GET /prometheus/api/v1/status/buildinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains(r#""version":"2.53.0""#), "{resp}");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(code) = child.0.try_wait().expect("wait") {
+            assert!(code.success(), "exit status {code:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tenantgate did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,388 @@
+//! Shared pieces of the loopback tests: a recording upstream, a running tenantgate, clients.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tenantgate::app::AppOptions;
+use tenantgate::config::{Overrides, from_yaml};
+use tenantgate::server::{ConfigSource, Handle, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What the upstream saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body_len: u64,
+    pub body_sha256: String,
+}
+
+impl Seen {
+    /// Every value of a header, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+}
+
+/// An in-process upstream that records every request and answers by path:
+/// - `/status/<code>`: that status, a small body and remote-write style headers;
+/// - `/slow`: response headers after 3 s;
+/// - `/bytes/<n>`: a deterministic streamed body of n bytes;
+/// - `/remote-read`: the Content-Type/Encoding of a streamed remote read;
+/// - `/hop`: hop-by-hop response headers;
+/// - `/empty`: 200 with Content-Length: 0;
+/// - anything else: 200 `{"status":"success","data":[]}`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn pattern_byte(i: u64) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// A body of `len` deterministic bytes in 64 KiB chunks, produced as it is read (never held
+/// in memory whole).
+pub fn pattern_body(len: u64) -> TestBody {
+    PatternBody { pos: 0, len }.boxed()
+}
+
+struct PatternBody {
+    pos: u64,
+    len: u64,
+}
+
+impl http_body::Body for PatternBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.pos >= self.len {
+            return std::task::Poll::Ready(None);
+        }
+        let n = (64 * 1024).min(self.len - self.pos);
+        let start = self.pos;
+        let data: Vec<u8> = (start..start + n).map(pattern_byte).collect();
+        self.pos += n;
+        std::task::Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))))
+    }
+}
+
+pub fn pattern_sha256(len: u64) -> String {
+    let mut h = Sha256::new();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut i = 0;
+    while i < len {
+        buf.clear();
+        let end = (i + 64 * 1024).min(len);
+        buf.extend((i..end).map(pattern_byte));
+        h.update(&buf);
+        i = end;
+    }
+    hex(&h.finalize())
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+async fn upstream_handler(
+    req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    len += d.len() as u64;
+                    h.update(d);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let path = parts.uri.path().to_owned();
+    seen.lock().expect("seen lock").push(Seen {
+        method: parts.method.to_string(),
+        uri: parts.uri.to_string(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body_len: len,
+        body_sha256: hex(&h.finalize()),
+    });
+    let full = |b: &'static str| {
+        Full::new(Bytes::from_static(b.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed()
+    };
+    let mut resp = Response::new(full(r#"{"status":"success","data":[]}"#));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap_or(500);
+        *resp.status_mut() =
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        *resp.body_mut() = full("out of order sample\n");
+        resp.headers_mut().insert(
+            "content-type",
+            "text/plain; charset=utf-8".parse().expect("static"),
+        );
+        resp.headers_mut().insert(
+            "x-prometheus-remote-write-samples-written",
+            "0".parse().expect("static"),
+        );
+        resp.headers_mut()
+            .insert("retry-after", "7".parse().expect("static"));
+    } else if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        let n: u64 = n.parse().unwrap_or(0);
+        *resp.body_mut() = pattern_body(n);
+        resp.headers_mut().insert(
+            "content-type",
+            "application/octet-stream".parse().expect("static"),
+        );
+    } else if path == "/remote-read" {
+        resp.headers_mut().insert(
+            "content-type",
+            "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"
+                .parse()
+                .expect("static"),
+        );
+        resp.headers_mut()
+            .insert("content-encoding", "snappy".parse().expect("static"));
+    } else if path == "/hop" {
+        resp.headers_mut()
+            .insert("connection", "x-secret".parse().expect("static"));
+        resp.headers_mut()
+            .insert("x-secret", "1".parse().expect("static"));
+        resp.headers_mut()
+            .insert("keep-alive", "timeout=5".parse().expect("static"));
+        resp.headers_mut()
+            .insert("x-end-to-end", "kept".parse().expect("static"));
+    } else if path == "/empty" {
+        *resp.body_mut() = full("");
+        resp.headers_mut()
+            .insert("content-length", "0".parse().expect("static"));
+    }
+    Ok(resp)
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        Self::start_on(listener).await
+    }
+
+    pub async fn start_on(listener: TcpListener) -> Upstream {
+        let addr = listener.local_addr().expect("upstream addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = oneshot::channel::<()>();
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                    _ = &mut rx => return,
+                };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| upstream_handler(req, seen.clone()));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            seen,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.requests().pop().expect("the upstream saw no request")
+    }
+}
+
+/// A tenantgate serving on an ephemeral port; stopped when dropped.
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub handle: Handle,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Gate {
+    /// Starts tenantgate with a YAML config; `{UPSTREAM}` is replaced by `upstream_url`.
+    pub async fn start(yaml: &str, upstream_url: &str) -> Gate {
+        let yaml = yaml.replace("{UPSTREAM}", upstream_url);
+        let config = from_yaml(&yaml, "test.yaml", &Overrides::default())
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let server = Server::bind(
+            config,
+            ConfigSource::default(),
+            AppOptions { access_log: false },
+        )
+        .await
+        .expect("bind tenantgate");
+        let addr = server.data_addrs()[0];
+        let admin = server.admin_addrs().first().copied();
+        let handle = server.handle();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Gate {
+            addr,
+            admin,
+            handle,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops it and waits for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            let _ = d.await;
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// The config most tests use: the sidecar shape, plus a push route and a small-body route.
+pub const SIDECAR: &str = r#"
+server:
+  listen: 127.0.0.1:0
+admin:
+  listen: 127.0.0.1:0
+upstreams:
+  mimir:
+    url: {UPSTREAM}
+    timeouts: { connect: 1s, response_header: 1s, idle: 2s }
+routes:
+  - name: sidecar
+    match: { path_prefix: /prometheus }
+    upstream: mimir
+    tenant: team-a
+    prometheus:
+      external_labels: { cluster: loopback, tenant: team-a }
+  - name: push
+    match: { path: /api/v1/push, methods: [POST] }
+    upstream: mimir
+    tenant: team-a
+  - name: small
+    match: { path_prefix: /small }
+    upstream: mimir
+    tenant: team-a
+    max_request_body: 1KiB
+  - name: rest
+    match: { path_prefix: / }
+    upstream: mimir
+    tenant: team-b
+"#;
+
+pub fn client()
+-> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>
+{
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn empty() -> TestBody {
+    Full::new(Bytes::new()).map_err(|e| match e {}).boxed()
+}
+
+pub fn bytes(b: impl Into<Bytes>) -> TestBody {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+/// Sends a request and collects the response.
+pub async fn send(req: Request<TestBody>) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = client()
+        .request(req)
+        .await
+        .expect("request through tenantgate");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, Bytes) {
+    send(Request::get(url).body(empty()).expect("request")).await
+}
+
+/// Writes raw bytes to `addr` and reads the whole response (the request should say
+/// `Connection: close`). For requests a well-behaved client library would refuse to send.
+pub async fn raw(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}

@@ -1,0 +1,137 @@
+//! Errors tenantgate answers itself: Prometheus-style JSON, the right status code, and the
+//! process keeps serving.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use http::Request;
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn upstream_down_gives_502_and_the_next_request_works_once_it_is_back() {
+    // Reserve a port, then close it: nothing listens there.
+    let port_holder = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = port_holder.local_addr().unwrap();
+    drop(port_holder);
+    let gate = Gate::start(SIDECAR, &format!("http://{addr}")).await;
+
+    let (status, headers, body) = get(&gate.url("/prometheus/api/v1/labels")).await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "application/json");
+    let v = json(&body);
+    assert_eq!(v["status"], "error");
+    assert_eq!(v["errorType"], "unavailable");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("upstream mimir: cannot connect"),
+        "{v}"
+    );
+
+    let up = Upstream::start_on(
+        TcpListener::bind(addr)
+            .await
+            .expect("rebind the upstream port"),
+    )
+    .await;
+    let (status, _, _) = get(&gate.url("/prometheus/api/v1/labels")).await;
+    assert_eq!(status, 200);
+    assert_eq!(up.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn slow_upstream_gives_504() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let (status, _, body) = get(&gate.url("/slow")).await;
+    assert_eq!(status, 504);
+    let v = json(&body);
+    assert_eq!(v["errorType"], "timeout");
+    assert_eq!(v["error"], "upstream mimir: no response headers within 1s");
+    // Still serving.
+    assert_eq!(get(&gate.url("/prometheus/api/v1/labels")).await.0, 200);
+}
+
+#[tokio::test]
+async fn unsafe_paths_are_rejected_with_400_before_routing() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    for path in [
+        "/prometheus/../admin",
+        "/prometheus/./api",
+        "/prometheus%2Fapi",
+        "/prometheus/%2e%2e/x",
+        "/a%5Cb",
+        "//prometheus",
+        "/a%zz",
+    ] {
+        let resp = raw(
+            gate.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+        assert!(resp.contains(r#""errorType":"bad_data""#), "{path}: {resp}");
+    }
+    assert!(
+        up.requests().is_empty(),
+        "a rejected path reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn no_route_gives_404_and_wrong_method_405() {
+    let up = Upstream::start().await;
+    let yaml = "server: { listen: 127.0.0.1:0 }\nupstreams: { m: { url: \"{UPSTREAM}\" } }\nroutes:\n  - { name: push, match: { path: /api/v1/push, methods: [POST] }, upstream: m, tenant: t }\n";
+    let gate = Gate::start(yaml, &up.url()).await;
+    let (status, _, body) = get(&gate.url("/nothing/here")).await;
+    assert_eq!(status, 404);
+    assert_eq!(json(&body)["error"], "no route for GET /nothing/here");
+    let (status, _, body) = get(&gate.url("/api/v1/push")).await;
+    assert_eq!(status, 405);
+    assert_eq!(json(&body)["status"], "error");
+    assert!(up.requests().is_empty());
+}
+
+#[tokio::test]
+async fn bodies_over_max_request_body_get_413() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    // Declared too large: refused before the upstream is contacted.
+    let req = Request::post(gate.url("/small/x"))
+        .body(bytes(vec![0u8; 2048]))
+        .unwrap();
+    let (status, _, body) = send(req).await;
+    assert_eq!(status, 413);
+    assert_eq!(json(&body)["errorType"], "bad_data");
+    assert!(up.requests().is_empty());
+    // Streamed without a length: cut off as soon as it grows past the limit.
+    let req = Request::post(gate.url("/small/x"))
+        .body(pattern_body(64 * 1024))
+        .unwrap();
+    let (status, _, _) = send(req).await;
+    assert_eq!(status, 413);
+    // At the limit: fine.
+    let req = Request::post(gate.url("/small/x"))
+        .body(bytes(vec![0u8; 1024]))
+        .unwrap();
+    assert_eq!(send(req).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_stalled_client_cannot_hold_accepts() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    // Half a request line, then nothing.
+    let _stalled = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (status, _, _) = tokio::time::timeout(
+        Duration::from_secs(5),
+        get(&gate.url("/prometheus/api/v1/labels")),
+    )
+    .await
+    .expect("served despite a stalled client");
+    assert_eq!(status, 200);
+}
