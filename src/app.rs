@@ -185,10 +185,10 @@ impl App {
         let resp = match self.route_and_serve(&runtime, req, &mut exchange).await {
             Ok(resp) => resp,
             Err(e) => {
-                if let ProxyError::Upstream { kind, .. } = &e {
-                    if let Some(u) = exchange.upstream.clone() {
-                        self.shared.metrics.upstream_error(&u, *kind);
-                    }
+                if let ProxyError::Upstream { kind, .. } = &e
+                    && let Some(u) = exchange.upstream.clone()
+                {
+                    self.shared.metrics.upstream_error(&u, *kind);
                 }
                 exchange.error = Some(e.to_string());
                 if exchange.path.is_empty() {
@@ -238,24 +238,25 @@ impl App {
         ex.tenant_origin = Some(origin.as_str());
 
         // 4. Emulated endpoints are answered before anything reaches the upstream.
-        if let Some(emulation) = &route.prometheus {
-            if let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), &path) {
-                let m = ex.metrics();
-                m.emulated
-                    .get_or_create(&crate::telemetry::EmulatedLabels {
+        if let Some(emulation) = &route.prometheus
+            && let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), &path)
+        {
+            let m = ex.metrics();
+            m.emulated
+                .get_or_create(&crate::telemetry::EmulatedLabels {
+                    route: route.name.clone(),
+                    endpoint: endpoint.name(),
+                })
+                .inc();
+            if endpoint == EmulatedEndpoint::Config {
+                // The sidecar polls status/config every 30 s: a stale timestamp means it is gone.
+                m.sidecar_last_seen
+                    .get_or_create(&crate::telemetry::RouteLabels {
                         route: route.name.clone(),
-                        endpoint: endpoint.name(),
                     })
-                    .inc();
-                if endpoint == EmulatedEndpoint::Config {
-                    m.sidecar_last_seen
-                        .get_or_create(&crate::telemetry::RouteLabels {
-                            route: route.name.clone(),
-                        })
-                        .set(crate::time::now_millis() as f64 / 1000.0);
-                }
-                return emulation.respond(endpoint, req.method());
+                    .set(crate::time::now_millis() as f64 / 1000.0);
             }
+            return emulation.respond(endpoint, req.method());
         }
 
         // 5. Forward.

@@ -209,10 +209,10 @@ pub fn validate_semver(v: &str) -> Result<(), String> {
             }
         }
     }
-    if let Some(build) = build {
-        if !build.split('.').all(ident_ok) {
-            return Err(bad("bad build metadata"));
-        }
+    if let Some(build) = build
+        && !build.split('.').all(ident_ok)
+    {
+        return Err(bad("bad build metadata"));
     }
     Ok(())
 }

@@ -165,10 +165,10 @@ impl Rewrite {
     /// Rewrites a normalized, matched path.
     pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
         let mut rest: &str = path;
-        if let Some(strip) = &self.strip_prefix {
-            if prefix_matches(strip, path) {
-                rest = &path[strip.trim_end_matches('/').len()..];
-            }
+        if let Some(strip) = &self.strip_prefix
+            && prefix_matches(strip, path)
+        {
+            rest = &path[strip.trim_end_matches('/').len()..];
         }
         match &self.add_prefix {
             Some(add) => {
