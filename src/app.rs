@@ -55,7 +55,11 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the runtime for a config. Connection pools of upstreams whose settings did not
     /// change are carried over from `previous`, so a reload does not drop warm connections.
-    pub fn new(mut config: Config, previous: Option<&Runtime>) -> Result<Self, String> {
+    pub fn new(
+        mut config: Config,
+        previous: Option<&Runtime>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
         let mut upstreams = HashMap::new();
         for (name, settings) in &config.upstreams {
             let reused = previous
@@ -64,10 +68,14 @@ impl Runtime {
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
-                None => Arc::new(
-                    Upstream::new(settings.clone())
-                        .map_err(|e| format!("upstreams.{name}: {e}"))?,
-                ),
+                None => {
+                    let u = Arc::new(
+                        Upstream::new(settings.clone())
+                            .map_err(|e| format!("upstreams.{name}: {e}"))?,
+                    );
+                    u.spawn_health_checks(metrics.clone());
+                    u
+                }
             };
             upstreams.insert(Arc::from(name.as_str()), upstream);
         }
@@ -136,7 +144,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 impl App {
     pub fn new(config: Config, options: AppOptions) -> Result<Self, String> {
         let metrics = Arc::new(Metrics::new());
-        let runtime = Runtime::new(config, None)?;
+        let runtime = Runtime::new(config, None, &metrics)?;
         metrics.config_loaded(true);
         Ok(App {
             shared: Arc::new(Shared {
@@ -157,7 +165,11 @@ impl App {
 
     /// Swaps in a new config. Requests already running keep the one they started with.
     pub fn swap(&self, config: Config) -> Result<(), String> {
-        let next = Arc::new(Runtime::new(config, Some(&self.runtime()))?);
+        let next = Arc::new(Runtime::new(
+            config,
+            Some(&self.runtime()),
+            &self.shared.metrics,
+        )?);
         match self.shared.runtime.write() {
             Ok(mut g) => *g = next,
             Err(poisoned) => *poisoned.into_inner() = next,

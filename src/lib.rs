@@ -23,6 +23,7 @@ pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
+pub mod probe;
 pub mod promapi;
 pub mod route;
 pub mod server;

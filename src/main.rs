@@ -70,7 +70,13 @@ enum Command {
     /// Serve (the default when no command is given).
     Serve,
     /// Validate the config and print the route table; exit non-zero on any error.
-    Check,
+    Check {
+        /// Also contact every upstream the way real traffic would (reachability, TLS, each
+        /// route's tenant, remote read, the push endpoint, emulated endpoints) and report one
+        /// line per check. Writes nothing.
+        #[arg(long)]
+        probe: bool,
+    },
 }
 
 impl SourceArgs {
@@ -102,9 +108,30 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check) => {
+        Some(Command::Check { probe }) => {
             print!("{}", describe(&config));
-            ExitCode::SUCCESS
+            if !probe {
+                return ExitCode::SUCCESS;
+            }
+            telemetry::init_logging(cli.log_format, LogLevel::Error);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("tenantgate: cannot start the async runtime: {e}");
+                    return ExitCode::from(1);
+                }
+            };
+            println!("\nprobe:");
+            let report = runtime.block_on(tenantgate::probe::probe(config));
+            print!("{report}");
+            if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Some(Command::Serve) | None => {
             telemetry::init_logging(cli.log_format, cli.log_level);

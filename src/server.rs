@@ -299,23 +299,51 @@ fn text(
 async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics") => text(
-            StatusCode::OK,
-            state.app.metrics().encode(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            // Like Prometheus' own handler: OpenMetrics only for scrapers that ask for it.
+            let wants_om = req
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .any(|v| v.contains("application/openmetrics-text"));
+            let m = state.app.metrics();
+            if wants_om {
+                text(StatusCode::OK, m.encode(), crate::telemetry::OPENMETRICS)
+            } else {
+                text(StatusCode::OK, m.encode_text(), crate::promapi::TEXT_FORMAT)
+            }
+        }
         (&Method::GET | &Method::HEAD, "/-/healthy") => {
             text(StatusCode::OK, "tenantgate is healthy.\n", PLAIN)
         }
         (&Method::GET | &Method::HEAD, "/-/ready") => {
             if state.draining.load(Ordering::SeqCst) {
-                text(
+                return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "tenantgate is shutting down.\n",
                     PLAIN,
-                )
-            } else {
+                );
+            }
+            let rt = state.app.runtime();
+            let mut failing: Vec<&str> = rt
+                .upstreams
+                .values()
+                .filter(|u| !u.is_healthy())
+                .map(|u| u.settings.name.as_str())
+                .collect();
+            failing.sort_unstable();
+            if failing.is_empty() {
                 text(StatusCode::OK, "tenantgate is ready.\n", PLAIN)
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "not ready: health check failing for upstream(s) {}\n",
+                        failing.join(", ")
+                    ),
+                    PLAIN,
+                )
             }
         }
         (&Method::POST | &Method::PUT, "/-/reload") => match reload(state).await {

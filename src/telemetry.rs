@@ -187,6 +187,11 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub upstream: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EmulatedLabels {
     pub route: Arc<str>,
     pub endpoint: &'static str,
@@ -209,6 +214,7 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub emulated: Family<EmulatedLabels, Counter>,
     pub sidecar_last_seen: Family<RouteLabels, Gauge<f64, AtomicU64>>,
+    pub upstream_up: Family<UpstreamLabels, Gauge>,
     pub reload_success: Gauge,
     pub reload_timestamp: Gauge<f64, AtomicU64>,
 }
@@ -278,6 +284,12 @@ impl Metrics {
             "When a sidecar last read this route's status/config (a stale value means a dead sidecar)",
             sidecar_last_seen.clone(),
         );
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_up",
+            "Whether the upstream's last health check passed (only upstreams with a health_check)",
+            upstream_up.clone(),
+        );
         let reload_success = Gauge::default();
         registry.register(
             "config_last_reload_successful",
@@ -304,6 +316,7 @@ impl Metrics {
             upstream_errors,
             emulated,
             sidecar_last_seen,
+            upstream_up,
             reload_success,
             reload_timestamp,
         }
@@ -315,6 +328,12 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Renders every metric in the Prometheus text format 0.0.4, for scrapers that do not ask
+    /// for OpenMetrics (and for promtool, whose 2.x parser rejects OpenMetrics-only types).
+    pub fn encode_text(&self) -> String {
+        openmetrics_to_text(&self.encode())
     }
 
     /// Records that a config was (or was not) loaded.
@@ -334,6 +353,62 @@ impl Metrics {
             })
             .inc();
     }
+}
+
+/// Content type of the OpenMetrics text format.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Rewrites OpenMetrics text into the Prometheus text format 0.0.4: counter families are named
+/// with their `_total` suffix, `info` families become gauges named `<name>_info`, and the
+/// `# EOF` marker is dropped. Sample lines are identical in both formats.
+pub fn openmetrics_to_text(om: &str) -> String {
+    use std::collections::HashMap;
+    let mut renamed: HashMap<&str, (String, &str)> = HashMap::new();
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some((name, ty)) = rest.split_once(' ')
+        {
+            let mapped = match ty {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            renamed.insert(name, mapped);
+        }
+    }
+    let mut out = String::with_capacity(om.len());
+    for line in om.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("HELP", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("TYPE", r)));
+        match meta {
+            Some((kind, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                match renamed.get(name) {
+                    Some((new_name, new_type)) if kind == "TYPE" => {
+                        let _ = writeln!(out, "# TYPE {new_name} {new_type}");
+                    }
+                    Some((new_name, _)) => {
+                        let _ = writeln!(out, "# HELP {new_name} {tail}");
+                    }
+                    None => {
+                        out.push_str(line);
+                        out.push('\n');
+                    }
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// Buckets from 1ms to ~65s, by factors of 4.
@@ -558,6 +633,16 @@ mod tests {
         s.push(' ');
         logfmt_value(&mut s, "a=\"b\"\n");
         assert_eq!(s, r#"plain "two words" "" "a=\"b\"\n""#);
+    }
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP a_requests Requests.\n# TYPE a_requests counter\na_requests_total{x=\"1\"} 3\n# HELP a_build Build.\n# TYPE a_build info\na_build_info{version=\"1\"} 1\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n# EOF\n";
+        let text = openmetrics_to_text(om);
+        assert_eq!(
+            text,
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n# HELP a_build_info Build.\n# TYPE a_build_info gauge\na_build_info{version=\"1\"} 1\n# HELP a_up Up.\n# TYPE a_up gauge\na_up 1\n"
+        );
     }
 
     #[test]

@@ -65,6 +65,15 @@ pub struct UpstreamSettings {
     pub base_path: String,
     pub http2: bool,
     pub timeouts: Timeouts,
+    pub health_check: Option<HealthCheck>,
+}
+
+/// A background probe of an upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,7 +143,8 @@ fn parse_options() -> serde_saphyr::Options {
 
 /// Keys whose values are wrapped in `Spanned` (for line numbers): serde sees an extra `value`
 /// level below them, which is not part of the user's file.
-const SPANNED_KEYS: [&str; 14] = [
+const SPANNED_KEYS: [&str; 15] = [
+    "health_check",
     "listen",
     "url",
     "connect",

@@ -56,6 +56,19 @@ pub struct RawUpstream {
     pub http2: bool,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// Probe the upstream in the background; `/-/ready` is false while a probe fails.
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path requested with GET (below the URL's base path); 2xx is healthy. Mimir: `/ready`.
+    pub path: String,
+    /// Time between probes. Default 10s.
+    pub interval: Option<PromDuration>,
+    /// Deadline of one probe. Default 2s.
+    pub timeout: Option<PromDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

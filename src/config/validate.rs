@@ -129,10 +129,9 @@ fn valid_name(name: &str) -> bool {
 fn upstream_settings(
     errs: &mut Errors,
     name: &str,
-    url: &Spanned<String>,
-    http2: bool,
-    t: &super::raw::RawTimeouts,
+    u: &super::raw::RawUpstream,
 ) -> Option<UpstreamSettings> {
+    let (url, http2, t) = (&u.url, u.http2, &u.timeouts);
     let key = format!("upstreams.{name}");
     if !valid_name(name) {
         errs.at(
@@ -212,6 +211,38 @@ fn upstream_settings(
         );
         return None;
     }
+    let health_check = u.health_check.as_ref().and_then(|hc| {
+        let key = format!("{key}.health_check");
+        let h = &hc.value;
+        let interval = h.interval.map_or(Duration::from_secs(10), |d| d.0);
+        let timeout = h.timeout.map_or(Duration::from_secs(2), |d| d.0);
+        let mut ok = true;
+        if normalize_path(&h.path).map(|p| p != h.path).unwrap_or(true) {
+            errs.at(
+                format!("{key}.path"),
+                Some(hc),
+                format!("{:?} must be a normalized path starting with '/'", h.path),
+            );
+            ok = false;
+        }
+        if interval.is_zero() || timeout.is_zero() {
+            errs.at(&key, Some(hc), "interval and timeout must be > 0");
+            ok = false;
+        }
+        if timeout > interval {
+            errs.at(
+                format!("{key}.timeout"),
+                Some(hc),
+                "must not be longer than the interval",
+            );
+            ok = false;
+        }
+        ok.then(|| super::HealthCheck {
+            path: h.path.clone(),
+            interval,
+            timeout,
+        })
+    });
     let origin = Uri::builder()
         .scheme(scheme)
         .authority(authority.clone())
@@ -224,6 +255,7 @@ fn upstream_settings(
         base_path,
         http2,
         timeouts,
+        health_check,
     })
 }
 
@@ -568,7 +600,7 @@ pub fn validate(
     }
     let mut upstreams = BTreeMap::new();
     for (name, u) in &raw.upstreams {
-        if let Some(s) = upstream_settings(&mut errs, name, &u.url, u.http2, &u.timeouts) {
+        if let Some(s) = upstream_settings(&mut errs, name, u) {
             upstreams.insert(name.clone(), s);
         }
     }

@@ -5,7 +5,7 @@ pub mod headers;
 use std::error::Error as StdError;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ where
 pub struct Upstream {
     pub settings: UpstreamSettings,
     client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    /// Result of the last health check; true when the upstream has none.
+    healthy: AtomicBool,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -150,7 +152,80 @@ impl Upstream {
             .timer(TokioTimer::new())
             .http2_only(settings.http2)
             .build(connector);
-        Ok(Upstream { settings, client })
+        let healthy = AtomicBool::new(settings.health_check.is_none());
+        Ok(Upstream {
+            settings,
+            client,
+            healthy,
+        })
+    }
+
+    /// Whether the last health check passed (always true without a `health_check`).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Probes the upstream once: GET of the health-check path, healthy on 2xx.
+    pub async fn check_health(&self) -> Result<(), String> {
+        let Some(hc) = &self.settings.health_check else {
+            return Ok(());
+        };
+        let uri = self.uri_for(&hc.path, None).map_err(|e| e.to_string())?;
+        let mut req = Request::get(uri)
+            .body(
+                http_body_util::Empty::<Bytes>::new()
+                    .map_err(|e| match e {})
+                    .boxed_unsync(),
+            )
+            .map_err(|e| e.to_string())?;
+        *req.version_mut() = if self.settings.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        match tokio::time::timeout(hc.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
+            Ok(Ok(resp)) => Err(format!("GET {} answered {}", hc.path, resp.status())),
+            Ok(Err(e)) => Err(self.classify(&e).to_string()),
+            Err(_) => Err(format!(
+                "GET {} timed out after {}",
+                hc.path,
+                crate::config::units::format_duration(hc.timeout)
+            )),
+        }
+    }
+
+    /// Runs the health check every interval for as long as the upstream is in use (the task
+    /// holds only a weak reference). Does nothing without a `health_check` or outside a runtime.
+    pub fn spawn_health_checks(self: &Arc<Self>, metrics: Arc<crate::telemetry::Metrics>) {
+        let Some(hc) = self.settings.health_check.clone() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let weak = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(hc.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut first = true;
+            loop {
+                tick.tick().await;
+                let Some(up) = weak.upgrade() else { return };
+                let result = up.check_health().await;
+                let ok = result.is_ok();
+                let was = up.healthy.swap(ok, Ordering::Relaxed);
+                let name: Arc<str> = Arc::from(up.settings.name.as_str());
+                metrics.upstream_up.get_or_create(&crate::telemetry::UpstreamLabels { upstream: name }).set(i64::from(ok));
+                match (&result, was || first) {
+                    (Ok(()), _) if !was => tracing::info!(upstream = %up.settings.name, "health check passing"),
+                    (Err(e), true) => tracing::warn!(upstream = %up.settings.name, error = %e, "health check failing: not ready"),
+                    (Err(e), false) => tracing::debug!(upstream = %up.settings.name, error = %e, "health check still failing"),
+                    _ => {}
+                }
+                first = false;
+            }
+        });
     }
 
     /// The full upstream URI for a rewritten path and the original query.
