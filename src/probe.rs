@@ -127,6 +127,9 @@ pub fn snappy_literal(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A request body and the three headers that describe it.
+type ProbeBody = (Vec<u8>, [(&'static str, &'static str); 3]);
+
 struct Answer {
     status: StatusCode,
     content_type: String,
@@ -139,7 +142,7 @@ async fn call(
     route: Option<&Route>,
     method: Method,
     path: &str,
-    body: Option<(Vec<u8>, [(&'static str, &'static str); 3])>,
+    body: Option<ProbeBody>,
 ) -> Result<Answer, String> {
     let target = route.map_or_else(|| path.to_owned(), |r| r.rewrite.apply(path).into_owned());
     let uri = upstream.uri_for(&target, None).map_err(|e| e.to_string())?;
