@@ -153,8 +153,14 @@ impl Server {
             .max_header_list_size(64 << 10);
         let builder = Arc::new(builder);
         let graceful = Arc::new(GracefulShutdown::new());
+        // The admin listener has its own connections and its own stop signal: it keeps
+        // answering (readiness 503, metrics) while the data listeners drain, and a flood of
+        // data connections cannot starve health probes.
+        let admin_graceful = Arc::new(GracefulShutdown::new());
         let limit = Arc::new(Semaphore::new(self.max_connections));
+        let admin_limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
 
         for addr in self.data_addrs() {
             tracing::info!(listener = "data", addr = %addr, "listening");
@@ -174,15 +180,16 @@ impl Server {
                 stop_rx.clone(),
             )));
         }
+        let mut admin_tasks = Vec::new();
         for l in self.admin {
-            accept_tasks.push(tokio::spawn(accept_loop(
+            admin_tasks.push(tokio::spawn(accept_loop(
                 l,
                 Role::Admin,
                 self.state.clone(),
                 builder.clone(),
-                graceful.clone(),
-                limit.clone(),
-                stop_rx.clone(),
+                admin_graceful.clone(),
+                admin_limit.clone(),
+                admin_stop_rx.clone(),
             )));
         }
 
@@ -198,8 +205,18 @@ impl Server {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
         }
+        let _ = admin_stop_tx.send(true);
+        for t in admin_tasks {
+            let _ = t.await;
+        }
+        let admin_graceful =
+            Arc::try_unwrap(admin_graceful).unwrap_or_else(|_| GracefulShutdown::new());
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin_graceful.shutdown()).await;
     }
 }
+
+/// Connections the admin listener serves at once.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {

@@ -175,3 +175,38 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn probe_against_a_stopped_upstream_fails_with_a_readable_report() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(BIN)
+        .args([
+            "check",
+            "--probe",
+            "--upstream",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .output()
+        .expect("run check --probe");
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "FAIL  upstream mimir: unreachable at http://127.0.0.1:{port}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    route prometheus: emulated endpoints satisfy a Thanos sidecar"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL  route prometheus: remote read failed"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("checks passed,"), "{stdout}");
+}

@@ -176,6 +176,19 @@ async fn upstream_handler(
             "content-type",
             "application/octet-stream".parse().expect("static"),
         );
+    } else if let Some(ms) = path.strip_prefix("/drip/") {
+        // 10 chunks of 1 KiB spread over `ms` milliseconds: a long-running stream.
+        let ms: u64 = ms.parse().unwrap_or(1000);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(ms / 10)).await;
+                if tx.send(Bytes::from(vec![b'x'; 1024])).await.is_err() {
+                    return;
+                }
+            }
+        });
+        *resp.body_mut() = ChannelBody { rx }.boxed();
     } else if path == "/remote-read" {
         resp.headers_mut().insert(
             "content-type",
@@ -200,6 +213,21 @@ async fn upstream_handler(
             .insert("content-length", "0".parse().expect("static"));
     }
     Ok(resp)
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
+    }
 }
 
 impl Upstream {
@@ -292,6 +320,48 @@ impl Gate {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Starts config from a file, so that it can be reloaded.
+    pub async fn start_file(path: &std::path::Path) -> Gate {
+        let source = ConfigSource {
+            path: Some(path.to_path_buf()),
+            overrides: Overrides::default(),
+        };
+        let config = source
+            .load()
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        let server = Server::bind(config, source, AppOptions { access_log: false })
+            .await
+            .expect("bind tenantgate");
+        let addr = server.data_addrs()[0];
+        let admin = server.admin_addrs().first().copied();
+        let handle = server.handle();
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(server.run(async move {
+            let _ = rx.await;
+        }));
+        Gate {
+            addr,
+            admin,
+            handle,
+            stop: Some(tx),
+            done: Some(done),
+        }
+    }
+
+    /// Asks it to shut down, without waiting (as SIGTERM does).
+    pub fn begin_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Waits until the drain that [`Gate::begin_stop`] started has finished.
+    pub async fn stopped(mut self) {
+        if let Some(d) = self.done.take() {
+            let _ = d.await;
+        }
+    }
+
     /// Stops it and waits for the drain to finish.
     pub async fn stop(mut self) {
         if let Some(s) = self.stop.take() {
@@ -380,6 +450,48 @@ pub async fn raw(addr: SocketAddr, request: &str) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `f` every 50 ms until it returns true or `secs` pass.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {secs}s waiting for: {what}");
+}
+
+/// The path of a real binary the tests need: fails under CI=true when it is missing, otherwise
+/// returns None with a loud message so the caller can skip.
+pub fn required_binary(name: &str) -> Option<std::path::PathBuf> {
+    for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
+        let p = std::path::Path::new(dir).join(name);
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{name} is required under CI=true: apt-get install -y prometheus nginx");
+    }
+    eprintln!(
+        "SKIPPED: {name} not found (apt-get install -y prometheus nginx); this test fails under CI=true"
+    );
+    None
+}
+
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("tenantgate-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
 }
 
 pub fn json(body: &[u8]) -> serde_json::Value {
