@@ -16,23 +16,28 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, header};
 use http_body::Body;
 
+use crate::auth::{Credential, Identities};
 use crate::body::{BoxError, ProxyBody};
 use crate::config::Config;
-use crate::error::ProxyError;
+use crate::error::{BASIC_CHALLENGE, BEARER_CHALLENGE, ProxyError};
 use crate::forward::{self, Upstream, headers};
 use crate::promapi::EmulatedEndpoint;
 use crate::route::{RouteMatch, RouteTable, normalize_path};
 use crate::telemetry::{Exchange, Metered, Metrics};
+use crate::tenant::{TenantError, TenantSource};
+use crate::tls::PeerNames;
 
 /// The body of every response tenantgate sends.
 pub type ResponseBody = Metered<ProxyBody>;
 
 /// What the server knows about the connection a request came on. Inserted into request
 /// extensions by the server; absent in in-process tests (then loopback, plain HTTP).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// Names from the client certificate, when one was presented and verified.
+    pub peer: Option<Arc<PeerNames>>,
 }
 
 impl Default for ConnInfo {
@@ -40,6 +45,7 @@ impl Default for ConnInfo {
         ConnInfo {
             remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
             tls: false,
+            peer: None,
         }
     }
 }
@@ -62,6 +68,13 @@ impl Runtime {
     ) -> Result<Self, String> {
         let mut upstreams = HashMap::new();
         for (name, settings) in &config.upstreams {
+            if settings
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.insecure_skip_verify)
+            {
+                tracing::warn!(upstream = %name, "tls.insecure_skip_verify is on: the upstream's certificate is not verified, so anyone on the path can impersonate it");
+            }
             let reused = previous
                 .and_then(|p| p.upstreams.get(name.as_str()))
                 .filter(|u| format!("{:?}", u.settings) == format!("{settings:?}"))
@@ -245,9 +258,20 @@ impl App {
         ex.set_route(&route.name);
 
         // 3. Tenant: chosen by the route, never taken from the client as sent.
-        let (tenant, origin) = route.tenant.resolve();
-        ex.tenant = Some(tenant.label());
-        ex.tenant_origin = Some(origin.as_str());
+        let conn = req
+            .extensions()
+            .get::<ConnInfo>()
+            .cloned()
+            .unwrap_or_default();
+        let resolved = route
+            .tenant
+            .resolve(req.headers(), conn.peer.as_deref(), &rt.config.identities)
+            .await
+            .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities))?;
+        ex.tenant = Some(resolved.tenant.label());
+        ex.tenant_origin = Some(resolved.origin.as_str());
+        ex.identity = resolved.identity.clone();
+        let tenant = &resolved.tenant;
 
         // 4. Emulated endpoints are answered before anything reaches the upstream.
         if let Some(emulation) = &route.prometheus
@@ -284,16 +308,15 @@ impl App {
                 limit: route.max_request_body,
             });
         }
-        let conn = req
-            .extensions()
-            .get::<ConnInfo>()
-            .copied()
-            .unwrap_or_default();
         let target = route.rewrite.apply(&path);
         let uri = upstream.uri_for(&target, req.uri().query())?;
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::set_tenant(&mut parts.headers, tenant);
+        if !route.forward_authorization {
+            // Credentials for tenantgate are not credentials for the upstream.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
         headers::add_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
         // The client's Host names tenantgate; the client library sets the upstream's from the URI.
         parts.headers.remove(header::HOST);
@@ -301,6 +324,40 @@ impl App {
         parts.extensions = http::Extensions::new();
         let body = forward::upstream_body(body, route.max_request_body, ex.bytes_in.clone());
         upstream.send(Request::from_parts(parts, body)).await
+    }
+}
+
+/// Maps a tenant failure to its response, with `WWW-Authenticate` challenges for the credential
+/// kinds the route accepts.
+fn tenant_error(e: TenantError, source: &TenantSource, identities: &Identities) -> ProxyError {
+    match e {
+        TenantError::Unauthenticated(reason) => {
+            let allowed = match source {
+                TenantSource::Identity { allowed, .. } => allowed.clone(),
+                _ => None,
+            };
+            let accepted = identities
+                .iter()
+                .filter(|i| allowed.as_ref().is_none_or(|a| a.contains(&i.name)));
+            let mut challenges = Vec::new();
+            for i in accepted {
+                let c = match i.credential {
+                    Credential::Basic { .. } => BASIC_CHALLENGE,
+                    Credential::Bearer(_) => BEARER_CHALLENGE,
+                    Credential::ClientCert(_) => continue,
+                };
+                if !challenges.contains(&c) {
+                    challenges.push(c);
+                }
+            }
+            ProxyError::Unauthenticated {
+                reason: reason.to_string(),
+                challenges,
+            }
+        }
+        TenantError::Forbidden(m) => ProxyError::Forbidden(m),
+        TenantError::MissingHeader => ProxyError::NoOrgId,
+        TenantError::BadHeader(m) => ProxyError::BadTenantHeader(m),
     }
 }
 

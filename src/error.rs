@@ -52,6 +52,20 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("invalid tenant: {0}")]
     BadTenant(#[from] InvalidTenant),
+    /// No or wrong credentials; `challenges` become `WWW-Authenticate` headers.
+    #[error("{reason}")]
+    Unauthenticated {
+        reason: String,
+        challenges: Vec<&'static str>,
+    },
+    /// Authenticated (or trusted) but not allowed here.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// A route that takes the tenant from X-Scope-OrgID got none (as Mimir: 401 no org id).
+    #[error("no org id")]
+    NoOrgId,
+    #[error("{0}")]
+    BadTenantHeader(String),
     #[error("upstream {upstream}: {detail}")]
     Upstream {
         upstream: String,
@@ -71,7 +85,13 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_data"),
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
-            ProxyError::BadTenant(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            ProxyError::BadTenant(_) | ProxyError::BadTenantHeader(_) => {
+                (StatusCode::BAD_REQUEST, "bad_data")
+            }
+            ProxyError::Unauthenticated { .. } | ProxyError::NoOrgId => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            ProxyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -92,9 +112,21 @@ impl ProxyError {
     /// The response tenantgate sends for this error.
     pub fn to_response(&self) -> Response<ProxyBody> {
         let (status, error_type) = self.status();
-        error_response(status, error_type, &self.to_string())
+        let mut resp = error_response(status, error_type, &self.to_string());
+        if let ProxyError::Unauthenticated { challenges, .. } = self {
+            for c in challenges {
+                resp.headers_mut()
+                    .append(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
+            }
+        }
+        resp
     }
 }
+
+/// `WWW-Authenticate` for routes that accept basic auth (RFC 7617).
+pub const BASIC_CHALLENGE: &str = "Basic realm=\"tenantgate\", charset=\"UTF-8\"";
+/// `WWW-Authenticate` for routes that accept bearer tokens (RFC 6750).
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"tenantgate\"";
 
 /// A Prometheus-style JSON error response.
 pub fn error_response(status: StatusCode, error_type: &str, message: &str) -> Response<ProxyBody> {
@@ -139,6 +171,17 @@ mod tests {
                 400,
                 "bad_data",
             ),
+            (ProxyError::BadTenantHeader("x".into()), 400, "bad_data"),
+            (
+                ProxyError::Unauthenticated {
+                    reason: "x".into(),
+                    challenges: vec![],
+                },
+                401,
+                "unauthorized",
+            ),
+            (ProxyError::NoOrgId, 401, "unauthorized"),
+            (ProxyError::Forbidden("x".into()), 403, "forbidden"),
             (upstream(UpstreamErrorKind::Connect), 502, "unavailable"),
             (upstream(UpstreamErrorKind::Reset), 502, "unavailable"),
             (upstream(UpstreamErrorKind::Tls), 502, "unavailable"),
@@ -165,6 +208,21 @@ mod tests {
             Fault::Client
         );
         assert_eq!(ProxyError::Internal("x".into()).fault(), Fault::Internal);
+    }
+
+    #[test]
+    fn unauthenticated_carries_its_challenges() {
+        let e = ProxyError::Unauthenticated {
+            reason: "authentication required".into(),
+            challenges: vec![BASIC_CHALLENGE, BEARER_CHALLENGE],
+        };
+        let resp = e.to_response();
+        let got: Vec<_> = resp
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .collect();
+        assert_eq!(got, [BASIC_CHALLENGE, BEARER_CHALLENGE]);
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@
 #![deny(unreachable_pub)]
 
 pub mod app;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod telemetry;
 pub mod tenant;
 pub mod time;
+pub mod tls;
 
 pub use app::App;
 

@@ -18,6 +18,7 @@ use crate::forward::{Upstream, UpstreamBody, headers};
 use crate::promapi::{EmulatedEndpoint, validate_semver};
 use crate::route::{PathMatch, Route};
 use crate::telemetry::Metrics;
+use crate::tenant::TenantId;
 
 /// Deadline of each probe request.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,6 +141,7 @@ struct Answer {
 async fn call(
     upstream: &Upstream,
     route: Option<&Route>,
+    tenant: Option<&TenantId>,
     method: Method,
     path: &str,
     body: Option<ProbeBody>,
@@ -156,9 +158,8 @@ async fn call(
         .uri(uri)
         .body(body)
         .map_err(|e| e.to_string())?;
-    if let Some(r) = route {
-        let (tenant, _) = r.tenant.resolve();
-        headers::set_tenant(req.headers_mut(), tenant);
+    if let Some(t) = tenant {
+        headers::set_tenant(req.headers_mut(), t);
     }
     for (k, v) in extra.into_iter().flatten() {
         req.headers_mut().insert(k, HeaderValue::from_static(v));
@@ -229,7 +230,7 @@ pub async fn probe(config: Config) -> Report {
         } else {
             ""
         };
-        match call(up, None, Method::GET, "/", None).await {
+        match call(up, None, None, Method::GET, "/", None).await {
             Ok(a) => report.add(
                 true,
                 subject.clone(),
@@ -257,11 +258,21 @@ pub async fn probe(config: Config) -> Report {
         let Some(up) = rt.upstreams.get(&route.upstream) else {
             continue;
         };
-        let (tenant, _) = route.tenant.resolve();
+        let tenants = route.tenant.possible_tenants(&rt.config.identities);
+        let Some(tenant) = tenants.first() else {
+            report.add(
+                false,
+                subject,
+                "no configured identity or tenant can use this route",
+            );
+            continue;
+        };
         if let Some(e) = &route.prometheus {
             check_emulation(&mut report, &subject, route, e);
             let labels = format!("{}/api/v1/labels", prefix_of(route));
-            tenant_check(&mut report, &subject, up, route, &labels, tenant.as_str()).await;
+            for t in &tenants {
+                tenant_check(&mut report, &subject, up, route, &labels, t).await;
+            }
             let read = format!("{}/api/v1/read", prefix_of(route));
             let body = snappy_literal(&read_request(crate::time::now_millis()));
             let headers = [
@@ -269,7 +280,16 @@ pub async fn probe(config: Config) -> Report {
                 ("content-type", "application/x-stream-protobuf"),
                 ("x-prometheus-remote-read-version", "0.1.0"),
             ];
-            match call(up, Some(route), Method::POST, &read, Some((body, headers))).await {
+            match call(
+                up,
+                Some(route),
+                Some(tenant),
+                Method::POST,
+                &read,
+                Some((body, headers)),
+            )
+            .await
+            {
                 Ok(a)
                     if a.status.is_success()
                         && a.content_type.starts_with(
@@ -314,7 +334,9 @@ pub async fn probe(config: Config) -> Report {
             let path = match &route.path {
                 PathMatch::Exact(p) | PathMatch::Prefix(p) => p.clone(),
             };
-            tenant_check(&mut report, &subject, up, route, &path, tenant.as_str()).await;
+            for t in &tenants {
+                tenant_check(&mut report, &subject, up, route, &path, t).await;
+            }
         }
     }
     report
@@ -326,10 +348,11 @@ async fn tenant_check(
     up: &Upstream,
     route: &Route,
     path: &str,
-    tenant: &str,
+    tenant_id: &TenantId,
 ) {
+    let tenant = tenant_id.as_str();
     let is_write = path.ends_with("/api/v1/push") || path.contains("/otlp/");
-    match call(up, Some(route), Method::GET, path, None).await {
+    match call(up, Some(route), Some(tenant_id), Method::GET, path, None).await {
         Ok(a) if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN => report.add(
             false,
             subject,

@@ -195,6 +195,8 @@ pub struct Route {
     /// Name of the upstream requests are forwarded to.
     pub upstream: Arc<str>,
     pub tenant: TenantSource,
+    /// Forward the caller's `Authorization` header upstream (removed by default).
+    pub forward_authorization: bool,
     pub rewrite: Rewrite,
     /// Largest request body accepted, in bytes.
     pub max_request_body: u64,
@@ -395,6 +397,7 @@ mod tests {
             host: None,
             upstream: "u".into(),
             tenant: TenantSource::Fixed(TenantId::parse("t").unwrap()),
+            forward_authorization: false,
             rewrite: Rewrite::default(),
             max_request_body: 1 << 20,
             prometheus: None,

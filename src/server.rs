@@ -55,6 +55,8 @@ pub struct Server {
     admin: Vec<TcpListener>,
     max_connections: usize,
     header_read_timeout: Duration,
+    max_headers: usize,
+    max_header_bytes: usize,
     shutdown_grace: Duration,
 }
 
@@ -100,6 +102,9 @@ impl Server {
         };
         let max_connections = config.server.max_connections;
         let header_read_timeout = config.server.header_read_timeout;
+        let max_headers = config.server.max_headers;
+        let max_header_bytes =
+            usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX);
         let shutdown_grace = config.server.shutdown_grace;
         let app = App::new(config, options).map_err(std::io::Error::other)?;
         let state = Arc::new(State {
@@ -114,6 +119,8 @@ impl Server {
             admin,
             max_connections,
             header_read_timeout,
+            max_headers,
+            max_header_bytes,
             shutdown_grace,
         })
     }
@@ -146,11 +153,13 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_headers(200);
+            .max_headers(self.max_headers)
+            // hyper answers 431 when the request head does not fit.
+            .max_buf_size(self.max_header_bytes);
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(64 << 10);
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
         let builder = Arc::new(builder);
         let graceful = Arc::new(GracefulShutdown::new());
         // The admin listener has its own connections and its own stop signal: it keeps
@@ -267,19 +276,70 @@ fn serve_connection(
     graceful: &GracefulShutdown,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    let io = TokioIo::new(stream);
-    let conn_info = ConnInfo { remote, tls: false };
     match role {
         Role::Data => {
+            let tls = state.app.runtime().config.server.tls.clone();
             let app = state.app.clone();
-            let svc = service_fn(move |mut req: Request<Incoming>| {
-                let app = app.clone();
-                req.extensions_mut().insert(conn_info);
-                async move { Ok::<_, std::convert::Infallible>(app.handle(req).await) }
-            });
-            let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+            let builder = builder.clone();
+            // The watcher is taken now, before the handshake, so a shutdown that starts during
+            // the handshake still waits for this connection's requests.
+            let watcher = graceful.watcher();
             tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let result = match tls {
+                    None => {
+                        let info = ConnInfo {
+                            remote,
+                            tls: false,
+                            peer: None,
+                        };
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), data_service(app, info))
+                                    .into_owned(),
+                            )
+                            .await
+                    }
+                    Some(tls) => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                        let stream = match tokio::time::timeout(
+                            tls.handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(remote = %remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let peer = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::tls::PeerNames::from_der(c))
+                            .map(Arc::new);
+                        let info = ConnInfo {
+                            remote,
+                            tls: true,
+                            peer,
+                        };
+                        watcher
+                            .watch(
+                                builder
+                                    .serve_connection(TokioIo::new(stream), data_service(app, info))
+                                    .into_owned(),
+                            )
+                            .await
+                    }
+                };
+                if let Err(e) = result {
                     tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
                 }
                 drop(permit);
@@ -291,12 +351,44 @@ fn serve_connection(
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(admin(&state, req).await) }
             });
-            let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
+            let conn = graceful.watch(
+                builder
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .into_owned(),
+            );
             tokio::spawn(async move {
                 let _ = conn.await;
                 drop(permit);
             });
         }
+    }
+}
+
+/// The data listener's service for one connection: every request carries the connection's
+/// [`ConnInfo`] (peer address, TLS, client certificate names).
+#[derive(Clone)]
+struct DataService {
+    app: App,
+    info: Arc<ConnInfo>,
+}
+
+fn data_service(app: App, info: ConnInfo) -> DataService {
+    DataService {
+        app,
+        info: Arc::new(info),
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for DataService {
+    type Response = Response<crate::app::ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert((*self.info).clone());
+        let app = self.app.clone();
+        Box::pin(async move { Ok(app.handle(req).await) })
     }
 }
 

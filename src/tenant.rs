@@ -5,10 +5,14 @@
 //! reserved. `|` joins several tenants for a federated query, which lets a caller read every tenant
 //! listed, so it is accepted only where a route explicitly allows federation.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
+
+use crate::auth::{AuthError, Identities};
+use crate::tls::PeerNames;
 
 /// The header Mimir, Cortex and Loki read the tenant from.
 pub const TENANT_HEADER: &str = "x-scope-orgid";
@@ -132,6 +136,21 @@ impl fmt::Debug for TenantId {
 pub enum TenantSource {
     /// The same tenant for every request on the route.
     Fixed(TenantId),
+    /// The authenticated caller's tenant.
+    Identity {
+        /// Only these identities may use the route; `None`: any identity.
+        allowed: Option<Vec<Arc<str>>>,
+        /// Whether an identity mapped to a `|`-joined set may use the route.
+        federation: bool,
+    },
+    /// The client's own `X-Scope-OrgID`, for trusted internal clients: validated, then accepted
+    /// only if every tenant in it is on the allow-list.
+    Header {
+        allow: Vec<TenantId>,
+        federation: bool,
+        /// Names a client may send instead of a tenant ID (resolved before the allow-list check).
+        aliases: BTreeMap<String, TenantId>,
+    },
 }
 
 /// How the tenant of one request was chosen, for the access log.
@@ -139,29 +158,222 @@ pub enum TenantSource {
 pub enum TenantOrigin {
     /// Fixed in the route's config.
     Route,
+    /// Mapped from the caller's identity.
+    Identity,
+    /// Taken from the client's header and checked against the allow-list.
+    Header,
 }
 
 impl TenantOrigin {
     pub fn as_str(self) -> &'static str {
         match self {
             TenantOrigin::Route => "route",
+            TenantOrigin::Identity => "identity",
+            TenantOrigin::Header => "header",
         }
     }
 }
 
+/// The tenant chosen for one request, and how.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub tenant: TenantId,
+    pub origin: TenantOrigin,
+    /// The identity that authenticated, if any (its name, never its credential).
+    pub identity: Option<Arc<str>>,
+}
+
+/// Why no tenant could be chosen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    /// No or wrong credentials (401, with a challenge).
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    /// Authenticated, or trusted, but not allowed here (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The client's X-Scope-OrgID is missing on a header route (401, like Mimir).
+    #[error("no org id: this route takes the tenant from X-Scope-OrgID")]
+    MissingHeader,
+    /// The client's X-Scope-OrgID is malformed (400).
+    #[error("{0}")]
+    BadHeader(String),
+}
+
 impl TenantSource {
-    /// Resolves the tenant of one request.
-    pub fn resolve(&self) -> (&TenantId, TenantOrigin) {
+    /// Resolves the tenant of one request from its headers and, for certificate identities, the
+    /// connection's client certificate.
+    pub async fn resolve(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+        identities: &Identities,
+    ) -> Result<Resolved, TenantError> {
         match self {
-            TenantSource::Fixed(t) => (t, TenantOrigin::Route),
+            TenantSource::Fixed(t) => Ok(Resolved {
+                tenant: t.clone(),
+                origin: TenantOrigin::Route,
+                identity: None,
+            }),
+            TenantSource::Identity {
+                allowed,
+                federation,
+            } => {
+                let id = identities
+                    .authenticate(headers, peer)
+                    .await
+                    .map_err(TenantError::Unauthenticated)?;
+                if let Some(allowed) = allowed
+                    && !allowed.iter().any(|a| *a == id.name)
+                {
+                    return Err(TenantError::Forbidden(format!(
+                        "identity {:?} may not use this route",
+                        &*id.name
+                    )));
+                }
+                if id.tenant.is_federated() && !federation {
+                    return Err(TenantError::Forbidden(format!(
+                        "identity {:?} maps to several tenants; this route does not allow federation",
+                        &*id.name
+                    )));
+                }
+                Ok(Resolved {
+                    tenant: id.tenant.clone(),
+                    origin: TenantOrigin::Identity,
+                    identity: Some(id.name.clone()),
+                })
+            }
+            TenantSource::Header {
+                allow,
+                federation,
+                aliases,
+            } => {
+                let mut values = headers.get_all(TENANT_HEADER).iter();
+                let value = values.next().ok_or(TenantError::MissingHeader)?;
+                if values.next().is_some() {
+                    return Err(TenantError::BadHeader(
+                        "several X-Scope-OrgID headers; send exactly one".into(),
+                    ));
+                }
+                let value = value
+                    .to_str()
+                    .map_err(|_| TenantError::BadHeader("X-Scope-OrgID is not ASCII".into()))?;
+                if value.is_empty() {
+                    return Err(TenantError::MissingHeader);
+                }
+                let tenant = match aliases.get(value) {
+                    Some(t) => t.clone(),
+                    None => TenantId::parse_with(value, *federation).map_err(|e| match e {
+                        InvalidTenant::Federation => TenantError::Forbidden(
+                            "tenant federation ('|') is not allowed on this route".into(),
+                        ),
+                        e => TenantError::BadHeader(format!(
+                            "X-Scope-OrgID is not a valid tenant ID: {e}"
+                        )),
+                    })?,
+                };
+                if tenant.is_federated() && !federation {
+                    return Err(TenantError::Forbidden(
+                        "tenant federation ('|') is not allowed on this route".into(),
+                    ));
+                }
+                for member in tenant.as_str().split('|') {
+                    if !allow.iter().any(|a| a.as_str() == member) {
+                        return Err(TenantError::Forbidden(format!(
+                            "tenant {member:?} is not allowed on this route"
+                        )));
+                    }
+                }
+                Ok(Resolved {
+                    tenant,
+                    origin: TenantOrigin::Header,
+                    identity: None,
+                })
+            }
         }
     }
 
-    /// A short description for `tenantgate check`.
+    /// The tenants this source can produce, for `tenantgate check` (never a secret).
     pub fn describe(&self) -> String {
         match self {
             TenantSource::Fixed(t) => t.to_string(),
+            TenantSource::Identity {
+                allowed: None,
+                federation,
+            } => format!(
+                "from the caller's identity (any identity{})",
+                if *federation {
+                    ", federation allowed"
+                } else {
+                    ""
+                }
+            ),
+            TenantSource::Identity {
+                allowed: Some(a),
+                federation,
+            } => format!(
+                "from the caller's identity ({}{})",
+                a.iter().map(|n| n.as_ref()).collect::<Vec<_>>().join(", "),
+                if *federation {
+                    "; federation allowed"
+                } else {
+                    ""
+                }
+            ),
+            TenantSource::Header {
+                allow,
+                federation,
+                aliases,
+            } => {
+                let mut s = format!(
+                    "from X-Scope-OrgID, allowed: {}",
+                    allow
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                if *federation {
+                    s.push_str("; federation allowed");
+                }
+                if !aliases.is_empty() {
+                    s.push_str(&format!(
+                        "; aliases: {}",
+                        aliases
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                s
+            }
         }
+    }
+
+    /// Every tenant this source can produce (for probing each): bounded by config.
+    pub fn possible_tenants(&self, identities: &Identities) -> Vec<TenantId> {
+        let mut out: Vec<TenantId> = match self {
+            TenantSource::Fixed(t) => vec![t.clone()],
+            TenantSource::Identity {
+                allowed,
+                federation,
+            } => identities
+                .iter()
+                .filter(|i| allowed.as_ref().is_none_or(|a| a.contains(&i.name)))
+                .filter(|i| *federation || !i.tenant.is_federated())
+                .map(|i| i.tenant.clone())
+                .collect(),
+            TenantSource::Header { allow, .. } => allow.clone(),
+        };
+        out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        out.dedup();
+        out
+    }
+
+    /// Whether the route needs a caller to authenticate.
+    pub fn needs_identity(&self) -> bool {
+        matches!(self, TenantSource::Identity { .. })
     }
 }
 
@@ -219,6 +431,87 @@ mod tests {
         );
         assert_eq!(TenantId::parse_with("a|", true), Err(InvalidTenant::Empty));
         assert_eq!(TenantId::parse_with("a|..", true), Err(InvalidTenant::Dots));
+    }
+
+    fn header(v: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for x in v {
+            h.append(TENANT_HEADER, HeaderValue::from_str(x).unwrap());
+        }
+        h
+    }
+
+    fn header_source(federation: bool) -> TenantSource {
+        let mut aliases = BTreeMap::new();
+        aliases.insert(
+            "all".to_owned(),
+            TenantId::parse_with("team-a|team-b", true).unwrap(),
+        );
+        TenantSource::Header {
+            allow: vec![
+                TenantId::parse("team-a").unwrap(),
+                TenantId::parse("team-b").unwrap(),
+            ],
+            federation,
+            aliases,
+        }
+    }
+
+    async fn from_header(src: &TenantSource, v: &[&str]) -> Result<String, TenantError> {
+        src.resolve(&header(v), None, &Identities::default())
+            .await
+            .map(|r| r.tenant.to_string())
+    }
+
+    #[tokio::test]
+    async fn header_source_accepts_only_the_allow_list() {
+        let src = header_source(false);
+        assert_eq!(from_header(&src, &["team-a"]).await, Ok("team-a".into()));
+        assert!(matches!(
+            from_header(&src, &["team-c"]).await,
+            Err(TenantError::Forbidden(_))
+        ));
+        assert!(matches!(
+            from_header(&src, &["team-a|team-b"]).await,
+            Err(TenantError::Forbidden(_))
+        ));
+        assert!(matches!(
+            from_header(&src, &["all"]).await,
+            Err(TenantError::Forbidden(_))
+        ));
+        assert_eq!(
+            from_header(&src, &[]).await,
+            Err(TenantError::MissingHeader)
+        );
+        assert_eq!(
+            from_header(&src, &[""]).await,
+            Err(TenantError::MissingHeader)
+        );
+        assert!(matches!(
+            from_header(&src, &["team-a", "team-b"]).await,
+            Err(TenantError::BadHeader(_))
+        ));
+        assert!(matches!(
+            from_header(&src, &["team a"]).await,
+            Err(TenantError::BadHeader(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn header_source_with_federation_and_aliases() {
+        let src = header_source(true);
+        assert_eq!(
+            from_header(&src, &["team-a|team-b"]).await,
+            Ok("team-a|team-b".into())
+        );
+        assert_eq!(
+            from_header(&src, &["all"]).await,
+            Ok("team-a|team-b".into())
+        );
+        assert!(matches!(
+            from_header(&src, &["team-a|team-c"]).await,
+            Err(TenantError::Forbidden(_))
+        ));
     }
 
     #[test]

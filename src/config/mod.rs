@@ -9,6 +9,7 @@
 //! ```
 
 pub mod raw;
+mod security;
 pub mod units;
 mod validate;
 
@@ -41,6 +42,8 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamSettings>,
     /// Routes in file order.
     pub routes: Vec<Route>,
+    /// Callers that can authenticate (for `tenant: {from: identity}` routes).
+    pub identities: std::sync::Arc<crate::auth::Identities>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +52,10 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_header_bytes: u64,
+    pub max_headers: usize,
+    /// TLS on the data listeners.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +73,8 @@ pub struct UpstreamSettings {
     pub http2: bool,
     pub timeouts: Timeouts,
     pub health_check: Option<HealthCheck>,
+    /// TLS settings for an https upstream (system roots when absent).
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// A background probe of an upstream.
@@ -143,8 +152,10 @@ fn parse_options() -> serde_saphyr::Options {
 
 /// Keys whose values are wrapped in `Spanned` (for line numbers): serde sees an extra `value`
 /// level below them, which is not part of the user's file.
-const SPANNED_KEYS: [&str; 15] = [
+const SPANNED_KEYS: [&str; 17] = [
     "health_check",
+    "identities",
+    "tls",
     "listen",
     "url",
     "connect",

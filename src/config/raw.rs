@@ -21,6 +21,9 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// Named upstreams routes forward to.
     pub upstreams: BTreeMap<String, RawUpstream>,
+    /// Callers that can authenticate, each mapped to a tenant (for `tenant: {from: identity}`).
+    #[serde(default)]
+    pub identities: Vec<Spanned<RawIdentity>>,
     /// Routes, matched NGINX `location` style.
     pub routes: Vec<Spanned<RawRoute>>,
 }
@@ -36,6 +39,86 @@ pub struct RawServer {
     pub header_read_timeout: Option<PromDuration>,
     /// Connections served at once; further connections wait in the accept queue. Default 10000.
     pub max_connections: Option<usize>,
+    /// Largest request head (request line and headers); larger gets 431. Default 64KiB.
+    pub max_header_bytes: Option<ByteSize>,
+    /// Most request headers; more gets 431. Default 100.
+    pub max_headers: Option<usize>,
+    /// Serve TLS (and optionally require client certificates) on the data listeners.
+    pub tls: Option<Spanned<RawServerTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA bundle that client certificates must chain to (turns on mTLS).
+    pub client_ca_file: Option<String>,
+    /// `required` (default with a client CA) or `optional`.
+    pub client_auth: Option<String>,
+    /// Time a client has to complete the TLS handshake. Default 10s.
+    pub handshake_timeout: Option<PromDuration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM CA bundle to verify the upstream with, instead of the system roots.
+    pub ca_file: Option<String>,
+    /// Client certificate (PEM) for mTLS to the upstream; needs key_file.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Name to verify the upstream's certificate against (and send as SNI), instead of the URL's host.
+    pub server_name: Option<String>,
+    /// Do not verify the upstream's certificate at all. Logged as a warning at start and reload.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Shown in logs and metrics-free access-log lines; never a secret.
+    pub name: String,
+    /// The tenant this caller acts as; a `|`-joined set needs a route with `federation: true`.
+    pub tenant: String,
+    pub basic_auth: Option<RawBasicAuth>,
+    pub bearer_token: Option<RawBearerToken>,
+    pub client_cert: Option<RawClientCert>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBasicAuth {
+    pub user: String,
+    /// A bcrypt hash (`$2y$...`, as `htpasswd -B` writes).
+    pub password_hash: Option<String>,
+    /// An htpasswd file holding this user's bcrypt hash (NGINX users can bring theirs).
+    pub htpasswd_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBearerToken {
+    /// File holding the token (surrounding whitespace is ignored).
+    pub file: Option<String>,
+    /// Environment variable holding the token.
+    pub env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCert {
+    /// Subject common name.
+    pub cn: Option<String>,
+    /// A DNS subject alternative name.
+    pub dns: Option<String>,
+    /// A URI subject alternative name (e.g. a SPIFFE ID).
+    pub uri: Option<String>,
+    /// An email subject alternative name.
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +139,8 @@ pub struct RawUpstream {
     pub http2: bool,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// TLS settings for https upstreams.
+    pub tls: Option<Spanned<RawUpstreamTls>>,
     /// Probe the upstream in the background; `/-/ready` is false while a probe fails.
     pub health_check: Option<Spanned<RawHealthCheck>>,
 }
@@ -92,8 +177,11 @@ pub struct RawRoute {
     pub matcher: Spanned<RawMatch>,
     /// Name of an entry in `upstreams`.
     pub upstream: Spanned<String>,
-    /// The tenant sent as `X-Scope-OrgID` on every request of this route.
-    pub tenant: Spanned<String>,
+    /// The tenant sent as `X-Scope-OrgID`: a fixed tenant ID, `{from: identity}` or `{from: header}`.
+    pub tenant: Spanned<RawTenant>,
+    /// Forward the caller's `Authorization` header (removed by default).
+    #[serde(default)]
+    pub forward_authorization: bool,
     pub rewrite: Option<Spanned<RawRewrite>>,
     /// Largest request body accepted (413 above it). Default 100MiB, Mimir's own default.
     pub max_request_body: Option<ByteSize>,
@@ -131,6 +219,53 @@ pub struct RawPrometheus {
     /// Oldest data the sidecar will serve: an RFC 3339 time or a duration before now (`400d`).
     /// Default 0 (all time).
     pub lowest_timestamp: Option<Spanned<String>>,
+}
+
+/// A route's tenant: a fixed ID, or a source.
+#[derive(Debug)]
+pub enum RawTenant {
+    Fixed(String),
+    Source(RawTenantSource),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenantSource {
+    /// `identity` (the authenticated caller's tenant) or `header` (the client's X-Scope-OrgID,
+    /// checked against `allow`; for trusted internal clients only).
+    pub from: String,
+    /// `from: identity`: only these identities may use the route (default: any identity).
+    pub identities: Option<Vec<String>>,
+    /// `from: header`: the tenants a client may name.
+    pub allow: Option<Vec<String>>,
+    /// Accept `|`-joined tenant sets (tenant federation). Default false.
+    #[serde(default)]
+    pub federation: bool,
+    /// `from: header`: names a client may send instead of a tenant, e.g. `all: "team-a|team-b"`.
+    pub aliases: Option<BTreeMap<String, String>>,
+}
+
+impl<'de> Deserialize<'de> for RawTenant {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTenant;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a tenant ID, or {from: identity} / {from: header, allow: [...]}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawTenant, E> {
+                Ok(RawTenant::Fixed(v.to_owned()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawTenant, E> {
+                Ok(RawTenant::Fixed(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawTenant, A::Error> {
+                RawTenantSource::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawTenant::Source)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// One listen address or a list of them.

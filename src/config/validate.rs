@@ -16,7 +16,6 @@ use crate::promapi::{
     DEFAULT_VERSION, Emulation, LowestTimestamp, validate_label_name, validate_semver,
 };
 use crate::route::{PathMatch, Rewrite, Route, normalize_path, prefix_matches};
-use crate::tenant::{TenantId, TenantSource};
 use crate::time::{now_millis, parse_rfc3339};
 
 /// Default data listener.
@@ -37,12 +36,12 @@ pub struct Overrides {
     pub admin_listen: Option<String>,
 }
 
-struct Errors {
-    errors: Vec<ConfigError>,
+pub(super) struct Errors {
+    pub(super) errors: Vec<ConfigError>,
 }
 
 impl Errors {
-    fn at<T>(
+    pub(super) fn at<T>(
         &mut self,
         path: impl Into<String>,
         span: Option<&Spanned<T>>,
@@ -211,6 +210,13 @@ fn upstream_settings(
         );
         return None;
     }
+    let tls = u
+        .tls
+        .as_ref()
+        .and_then(|t| super::security::upstream_tls(errs, &key, t, scheme == "https"));
+    if u.tls.is_some() && tls.is_none() {
+        return None;
+    }
     let health_check = u.health_check.as_ref().and_then(|hc| {
         let key = format!("{key}.health_check");
         let h = &hc.value;
@@ -256,6 +262,7 @@ fn upstream_settings(
         http2,
         timeouts,
         health_check,
+        tls,
     })
 }
 
@@ -365,6 +372,7 @@ fn route(
     r: &Spanned<RawRoute>,
     upstreams: &BTreeMap<String, UpstreamSettings>,
     raw_upstreams: &[&String],
+    identities: &crate::auth::Identities,
 ) -> Option<Route> {
     let key = format!("routes[{i}]");
     let rv = &r.value;
@@ -451,17 +459,7 @@ fn route(
             ),
         );
     }
-    let tenant = match TenantId::parse(&rv.tenant.value) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            errs.at(
-                format!("{key}.tenant"),
-                Some(&rv.tenant),
-                format!("{:?} is not a valid tenant ID: {e}", rv.tenant.value),
-            );
-            None
-        }
-    };
+    let tenant = super::security::tenant_source(errs, &key, &rv.tenant, identities);
     let mut rewrite = Rewrite::default();
     if let Some(rw) = &rv.rewrite {
         if let Some(strip) = &rw.value.strip_prefix {
@@ -511,7 +509,8 @@ fn route(
         methods,
         host,
         upstream: rv.upstream.value.as_str().into(),
-        tenant: TenantSource::Fixed(tenant?),
+        tenant: tenant?,
+        forward_authorization: rv.forward_authorization,
         rewrite,
         max_request_body: rv
             .max_request_body
@@ -545,8 +544,11 @@ pub fn validate(
         }
     }
     if let Some(tenant) = &overrides.tenant {
+        // Only fixed tenants: --tenant must never turn off authentication on a route.
         for r in &mut raw.routes {
-            r.value.tenant.value = tenant.clone();
+            if let super::raw::RawTenant::Fixed(t) = &mut r.value.tenant.value {
+                t.clone_from(tenant);
+            }
         }
     }
     if let Some(listen) = &overrides.listen {
@@ -584,7 +586,30 @@ pub fn validate(
             .header_read_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
         max_connections: raw.server.max_connections.unwrap_or(10_000),
+        max_header_bytes: raw.server.max_header_bytes.map_or(64 << 10, |s| s.0),
+        max_headers: raw.server.max_headers.unwrap_or(100),
+        tls: raw
+            .server
+            .tls
+            .as_ref()
+            .and_then(|t| super::security::server_tls(&mut errs, t)),
     };
+    if server.max_header_bytes < 8 << 10 {
+        errs.at::<()>("server.max_header_bytes", None, "must be at least 8KiB");
+    }
+    if server.max_headers == 0 {
+        errs.at::<()>("server.max_headers", None, "must be > 0");
+    }
+    let has_client_ca = raw
+        .server
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.value.client_ca_file.is_some());
+    let identities = std::sync::Arc::new(super::security::identities(
+        &mut errs,
+        &raw.identities,
+        has_client_ca,
+    ));
     if server.header_read_timeout.is_zero() {
         errs.at::<()>("server.header_read_timeout", None, "must be > 0, got 0s");
     }
@@ -620,7 +645,14 @@ pub fn validate(
                 format!("duplicate route name {:?}", r.value.name),
             );
         }
-        if let Some(route) = route(&mut errs, i, r, &upstreams, &raw_upstream_names) {
+        if let Some(route) = route(
+            &mut errs,
+            i,
+            r,
+            &upstreams,
+            &raw_upstream_names,
+            &identities,
+        ) {
             let mut methods: Vec<String> = route
                 .methods
                 .iter()
@@ -646,6 +678,7 @@ pub fn validate(
             admin,
             upstreams,
             routes,
+            identities,
         })
     } else {
         Err(ConfigErrors {

@@ -117,17 +117,21 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-fn tls_config() -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for cert in native.certs {
-        // A broken certificate in the system store should not stop the others from loading.
-        let _ = roots.add(cert);
+/// The client TLS config of an upstream: its `tls` block, the system roots for a plain https
+/// URL, or an unused empty one for http (reading the system store costs time at every load).
+fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, String> {
+    if let Some(t) = &settings.tls {
+        return Ok((*t.config).clone());
     }
-    rustls::ClientConfig::builder_with_provider(provider)
+    if settings.origin.scheme_str() == Some("https") {
+        return crate::tls::UpstreamTls::system_default().map(|c| (*c).clone());
+    }
+    rustls::ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .map(|b| {
+            b.with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        })
         .map_err(|e| format!("TLS setup: {e}"))
 }
 
@@ -138,9 +142,18 @@ impl Upstream {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(settings.timeouts.connect));
         http.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls_config()?)
-            .https_or_http();
+        let builder =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls_config(&settings)?);
+        let builder = match settings.tls.as_ref().and_then(|t| t.server_name.clone()) {
+            Some(name) => {
+                let name = rustls::pki_types::ServerName::try_from(name)
+                    .map_err(|e| format!("server_name: {e}"))?;
+                builder
+                    .https_or_http()
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            }
+            None => builder.https_or_http(),
+        };
         let connector = if settings.http2 {
             builder.enable_http2().wrap_connector(http)
         } else {

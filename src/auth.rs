@@ -1,0 +1,491 @@
+//! Who is calling: basic auth (bcrypt, as `htpasswd -B` writes), bearer tokens, or a client
+//! certificate, each mapped to one tenant in config.
+//!
+//! Secrets never leave this module: tokens are kept as SHA-256 digests and compared in constant
+//! time, and only identity names (never credentials) reach logs. bcrypt is slow by design
+//! (~50 ms at cost 10), so a successful check is remembered by a digest of the credentials, and
+//! at most a few checks run at once on the blocking pool, so wrong passwords cannot eat the CPU.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderMap, header};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+
+use crate::tenant::TenantId;
+use crate::tls::PeerNames;
+
+/// A bcrypt hash that matches nothing: unknown users are checked against it, so a wrong user
+/// name takes as long as a wrong password.
+const DUMMY_HASH: &str = "$2y$10$.vGA1O9wmRjrwAVXD98HNOgsNpDczlqm3Jq7KnEd1rVAGv3Fykk1a";
+/// Remembered successful basic-auth checks (cleared when full).
+const CACHE_LIMIT: usize = 10_000;
+/// bcrypt checks running at once.
+const BCRYPT_PERMITS: usize = 4;
+
+/// What a client certificate must carry to be this identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertName {
+    Cn(String),
+    Dns(String),
+    Uri(String),
+    Email(String),
+}
+
+impl CertName {
+    fn matches(&self, names: &PeerNames) -> bool {
+        let (want, have) = match self {
+            CertName::Cn(w) => (w, &names.cn),
+            CertName::Dns(w) => (w, &names.dns),
+            CertName::Uri(w) => (w, &names.uri),
+            CertName::Email(w) => (w, &names.email),
+        };
+        have.iter().any(|h| h == want)
+    }
+}
+
+/// How an identity proves itself.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    Basic {
+        user: String,
+        hash: String,
+    },
+    /// SHA-256 of the token.
+    Bearer([u8; 32]),
+    ClientCert(CertName),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Basic { user, .. } => write!(f, "Basic({user:?})"),
+            Credential::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+            Credential::ClientCert(c) => write!(f, "ClientCert({c:?})"),
+        }
+    }
+}
+
+impl Credential {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::Basic { .. } => "basic_auth",
+            Credential::Bearer(_) => "bearer_token",
+            Credential::ClientCert(_) => "client_cert",
+        }
+    }
+}
+
+/// A caller tenantgate can recognize.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub name: Arc<str>,
+    pub tenant: TenantId,
+    pub credential: Credential,
+}
+
+/// Why authentication failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required")]
+    Missing,
+    #[error("invalid credentials")]
+    Invalid,
+}
+
+/// Every configured identity.
+#[derive(Default)]
+pub struct Identities {
+    list: Vec<Arc<Identity>>,
+    verified: Mutex<HashMap<[u8; 32], usize>>,
+    bcrypt: Option<Arc<Semaphore>>,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|i| &i.name))
+            .finish()
+    }
+}
+
+/// Constant-time equality of two digests.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// Standard base64 (RFC 4648 §4), padding optional.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    fn val(c: u8) -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let s = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(s.len() * 3 / 4);
+    for chunk in s.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= val(c)? << (18 - 6 * i);
+        }
+        match chunk.len() {
+            4 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8, acc as u8]),
+            3 => out.extend_from_slice(&[(acc >> 16) as u8, (acc >> 8) as u8]),
+            2 => out.push((acc >> 16) as u8),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// Reads a user's bcrypt hash from an htpasswd file.
+pub fn htpasswd_hash(path: &std::path::Path, user: &str) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let hash = text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(u, _)| *u == user)
+        .map(|(_, h)| h.trim().to_owned())
+        .ok_or_else(|| format!("{}: no line for user {user:?}", path.display()))?;
+    check_bcrypt_hash(&hash).map_err(|e| format!("{}: user {user:?}: {e}", path.display()))?;
+    Ok(hash)
+}
+
+/// Only bcrypt hashes are accepted: the others htpasswd can write (MD5-crypt, SHA-1, crypt) are
+/// too weak to protect a tenant.
+pub fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
+    let ok = ["$2y$", "$2b$", "$2a$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60;
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "not a bcrypt hash: create it with `htpasswd -B` (other htpasswd formats are too weak)"
+                .into(),
+        )
+    }
+}
+
+/// SHA-256 of a token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl Identities {
+    pub fn new(list: Vec<Identity>) -> Self {
+        let needs_bcrypt = list
+            .iter()
+            .any(|i| matches!(i.credential, Credential::Basic { .. }));
+        Identities {
+            list: list.into_iter().map(Arc::new).collect(),
+            verified: Mutex::new(HashMap::new()),
+            bcrypt: needs_bcrypt.then(|| Arc::new(Semaphore::new(BCRYPT_PERMITS))),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Identity>> {
+        self.list.iter().find(|i| &*i.name == name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Identity>> {
+        self.list.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Identifies the caller from its `Authorization` header or, without one, its client
+    /// certificate. `Ok(None)` never happens: no credential at all is [`AuthError::Missing`].
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+    ) -> Result<Arc<Identity>, AuthError> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        if let Some(value) = values.next() {
+            if values.next().is_some() {
+                return Err(AuthError::Invalid);
+            }
+            let value = value.to_str().map_err(|_| AuthError::Invalid)?;
+            let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Invalid)?;
+            let rest = rest.trim();
+            return if scheme.eq_ignore_ascii_case("basic") {
+                self.basic(rest).await
+            } else if scheme.eq_ignore_ascii_case("bearer") {
+                self.bearer(rest)
+            } else {
+                Err(AuthError::Invalid)
+            };
+        }
+        if let Some(names) = peer {
+            return self
+                .list
+                .iter()
+                .find(|i| matches!(&i.credential, Credential::ClientCert(c) if c.matches(names)))
+                .cloned()
+                .ok_or(AuthError::Invalid);
+        }
+        Err(AuthError::Missing)
+    }
+
+    fn bearer(&self, token: &str) -> Result<Arc<Identity>, AuthError> {
+        let got = token_digest(token);
+        // Compare against every token, without stopping early.
+        let mut found = None;
+        for i in &self.list {
+            if let Credential::Bearer(want) = &i.credential
+                && ct_eq(want, &got)
+                && found.is_none()
+            {
+                found = Some(i.clone());
+            }
+        }
+        found.ok_or(AuthError::Invalid)
+    }
+
+    async fn basic(&self, encoded: &str) -> Result<Arc<Identity>, AuthError> {
+        let decoded = base64_decode(encoded).ok_or(AuthError::Invalid)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
+        let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
+        let found =
+            self.list.iter().enumerate().find(
+                |(_, i)| matches!(&i.credential, Credential::Basic { user: u, .. } if u == user),
+            );
+        let (index, hash) = match found {
+            Some((n, i)) => match &i.credential {
+                Credential::Basic { hash, .. } => (Some(n), hash.clone()),
+                _ => (None, DUMMY_HASH.to_owned()),
+            },
+            None => (None, DUMMY_HASH.to_owned()),
+        };
+        let key: [u8; 32] = {
+            let mut h = Sha256::new();
+            h.update(user.as_bytes());
+            h.update([0]);
+            h.update(password.as_bytes());
+            h.update([0]);
+            h.update(hash.as_bytes());
+            h.finalize().into()
+        };
+        if let Some(n) = index
+            && let Ok(cache) = self.verified.lock()
+            && cache.get(&key) == Some(&n)
+        {
+            return Ok(self.list[n].clone());
+        }
+        let permits = self.bcrypt.clone().ok_or(AuthError::Invalid)?;
+        let _permit = permits
+            .acquire_owned()
+            .await
+            .map_err(|_| AuthError::Invalid)?;
+        let password = password.to_owned();
+        let ok =
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+                .await
+                .unwrap_or(false);
+        match (ok, index) {
+            (true, Some(n)) => {
+                if let Ok(mut cache) = self.verified.lock() {
+                    if cache.len() >= CACHE_LIMIT {
+                        cache.clear();
+                    }
+                    cache.insert(key, n);
+                }
+                Ok(self.list[n].clone())
+            }
+            _ => Err(AuthError::Invalid),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn tenant(t: &str) -> TenantId {
+        TenantId::parse_with(t, true).unwrap()
+    }
+
+    fn identities() -> Identities {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        Identities::new(vec![
+            Identity {
+                name: "prom".into(),
+                tenant: tenant("team-a"),
+                credential: Credential::Basic {
+                    user: "prom".into(),
+                    hash,
+                },
+            },
+            Identity {
+                name: "grafana".into(),
+                tenant: tenant("team-b"),
+                credential: Credential::Bearer(token_digest("tok-grafana-0123456789")),
+            },
+            Identity {
+                name: "sidecar".into(),
+                tenant: tenant("team-c"),
+                credential: Credential::ClientCert(CertName::Cn("sidecar-eu".into())),
+            },
+        ])
+    }
+
+    fn auth(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[tokio::test]
+    async fn basic_auth_maps_to_its_tenant_and_is_cached() {
+        let ids = identities();
+        let h = auth("Basic cHJvbTpzM2NyZXQ="); // prom:s3cret
+        assert_eq!(
+            ids.authenticate(&h, None).await.unwrap().tenant.as_str(),
+            "team-a"
+        );
+        assert_eq!(ids.verified.lock().unwrap().len(), 1);
+        assert_eq!(
+            ids.authenticate(&h, None).await.unwrap().name.as_ref(),
+            "prom"
+        );
+        assert_eq!(
+            ids.authenticate(&auth("Basic cHJvbTp3cm9uZw=="), None)
+                .await,
+            Err(AuthError::Invalid)
+        ); // prom:wrong
+        assert_eq!(
+            ids.authenticate(&auth("Basic bm9ib2R5OnMzY3JldA=="), None)
+                .await,
+            Err(AuthError::Invalid)
+        ); // nobody:s3cret
+        assert_eq!(
+            ids.authenticate(&auth("Basic !!!"), None).await,
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn bearer_tokens_match_exactly() {
+        let ids = identities();
+        assert_eq!(
+            ids.authenticate(&auth("Bearer tok-grafana-0123456789"), None)
+                .await
+                .unwrap()
+                .tenant
+                .as_str(),
+            "team-b"
+        );
+        assert_eq!(
+            ids.authenticate(&auth("bearer tok-grafana-0123456789"), None)
+                .await
+                .unwrap()
+                .name
+                .as_ref(),
+            "grafana"
+        );
+        assert_eq!(
+            ids.authenticate(&auth("Bearer tok-grafana-012345678"), None)
+                .await,
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            ids.authenticate(&auth("Digest x"), None).await,
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn client_certificates_match_by_name_and_headers_win() {
+        let ids = identities();
+        let names = PeerNames {
+            cn: vec!["sidecar-eu".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            ids.authenticate(&HeaderMap::new(), Some(&names))
+                .await
+                .unwrap()
+                .tenant
+                .as_str(),
+            "team-c"
+        );
+        let stranger = PeerNames {
+            cn: vec!["stranger".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            ids.authenticate(&HeaderMap::new(), Some(&stranger)).await,
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            ids.authenticate(&HeaderMap::new(), None).await,
+            Err(AuthError::Missing)
+        );
+        // A wrong Authorization header is not rescued by a good certificate.
+        assert_eq!(
+            ids.authenticate(&auth("Bearer nope"), Some(&names)).await,
+            Err(AuthError::Invalid)
+        );
+    }
+
+    #[tokio::test]
+    async fn two_authorization_headers_are_refused() {
+        let ids = identities();
+        let mut h = auth("Bearer tok-grafana-0123456789");
+        h.append(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cHJvbTpzM2NyZXQ="),
+        );
+        assert_eq!(ids.authenticate(&h, None).await, Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_real_bcrypt_hash_so_unknown_users_cost_as_much() {
+        assert!(
+            matches!(bcrypt::verify("anything", DUMMY_HASH), Ok(false)),
+            "{:?}",
+            bcrypt::verify("anything", DUMMY_HASH)
+        );
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        assert_eq!(base64_decode("cHJvbTpzM2NyZXQ=").unwrap(), b"prom:s3cret");
+        assert_eq!(base64_decode("YQ").unwrap(), b"a");
+        assert_eq!(base64_decode("YWI=").unwrap(), b"ab");
+        assert!(base64_decode("a").is_none());
+        assert!(base64_decode("a$bc").is_none());
+    }
+
+    #[test]
+    fn only_bcrypt_hashes_are_accepted() {
+        assert!(check_bcrypt_hash(&bcrypt::hash("x", 4).unwrap()).is_ok());
+        assert!(check_bcrypt_hash("$apr1$abc$def").is_err());
+        assert!(check_bcrypt_hash("{SHA}abc").is_err());
+        assert!(check_bcrypt_hash(DUMMY_HASH).is_ok());
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let ids = identities();
+        let dump = format!(
+            "{:?} {:?}",
+            ids,
+            ids.iter().map(|i| &i.credential).collect::<Vec<_>>()
+        );
+        assert!(!dump.contains("tok-grafana"), "{dump}");
+        assert!(!dump.contains("$2"), "{dump}");
+    }
+}
