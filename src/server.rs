@@ -153,9 +153,12 @@ impl Server {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
-            .max_headers(self.max_headers)
             // hyper answers 431 when the request head does not fit.
             .max_buf_size(self.max_header_bytes);
+        if self.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+            // Only when changed: a custom limit moves header parsing from the stack to the heap.
+            builder.http1().max_headers(self.max_headers);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
@@ -223,6 +226,9 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(1), admin_graceful.shutdown()).await;
     }
 }
+
+/// hyper's own HTTP/1 header count limit (parsed on the stack).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
 /// Connections the admin listener serves at once.
 const ADMIN_MAX_CONNECTIONS: usize = 64;

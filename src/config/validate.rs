@@ -273,6 +273,15 @@ fn config_path(
     span: &Spanned<super::raw::RawMatch>,
 ) -> bool {
     match normalize_path(p) {
+        // Escapes in a route path would match differently from what the upstream decodes.
+        Ok(n) if n == p && p.contains('%') => {
+            errs.at(
+                key,
+                Some(span),
+                format!("{p:?}: route paths cannot contain percent-escapes"),
+            );
+            false
+        }
         Ok(n) if n == p => true,
         Ok(n) => {
             errs.at(

@@ -176,7 +176,7 @@ async fn upstream_handler(
             "content-type",
             "application/octet-stream".parse().expect("static"),
         );
-    } else if let Some(ms) = path.strip_prefix("/drip/") {
+    } else if let Some((_, ms)) = path.split_once("/drip/") {
         // 10 chunks of 1 KiB spread over `ms` milliseconds: a long-running stream.
         let ms: u64 = ms.parse().unwrap_or(1000);
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
@@ -497,4 +497,78 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
 pub fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
+pub struct ChildGuard {
+    pub child: std::process::Child,
+    pub name: String,
+    pub log: std::path::PathBuf,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stdout and stderr into `log`.
+    pub fn spawn(
+        name: &str,
+        mut cmd: std::process::Command,
+        log: std::path::PathBuf,
+    ) -> ChildGuard {
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = cmd
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        ChildGuard {
+            child,
+            name: name.to_owned(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails with the child's log if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited with {status}:\n{}", self.name, self.log_text());
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound then released; callers retry if it is taken meanwhile).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `port`.
+pub async fn wait_for_port(port: u16, child: &mut ChildGuard) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        child.assert_running();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never listened on {port}:\n{}",
+            child.name,
+            child.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -1,0 +1,838 @@
+//! Security: the tenant comes from who the caller is, never from what it typed. Certificates are
+//! generated here (rcgen); clients are real where they exist: curl, a real Prometheus
+//! remote-writing over TLS, and a real NGINX that demands a client certificate upstream.
+
+mod common;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
+};
+
+/// A throwaway CA and the certificates it issues, as PEM files in a temp dir.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        let dir = temp_dir(tag);
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "tenantgate test CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Issues a certificate; returns (cert file, key file).
+    fn issue(
+        &self,
+        file: &str,
+        cn: &str,
+        dns: &[&str],
+        ip: bool,
+        client: bool,
+    ) -> (PathBuf, PathBuf) {
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        if ip {
+            params
+                .subject_alt_names
+                .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+        }
+        params.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const WRITER_PASSWORD: &str = "s3cret-writer";
+const READER_TOKEN: &str = "reader-token-0123456789abcdef";
+const OTHER_TOKEN: &str = "other-token-0123456789abcdef";
+
+/// tenantgate over TLS (client certificates optional) with every kind of identity.
+fn gateway_yaml(pki: &Pki, server: &(PathBuf, PathBuf), client_auth: &str) -> String {
+    let hash = bcrypt::hash(WRITER_PASSWORD, 4).unwrap();
+    std::fs::write(
+        pki.dir.join("htpasswd"),
+        format!(
+            "someone-else:{}\nprom-writer:{hash}\n",
+            bcrypt::hash("x", 4).unwrap()
+        ),
+    )
+    .unwrap();
+    std::fs::write(pki.dir.join("reader.token"), format!("{READER_TOKEN}\n")).unwrap();
+    std::fs::write(pki.dir.join("other.token"), OTHER_TOKEN).unwrap();
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+  max_headers: 50
+  tls:
+    cert_file: {cert}
+    key_file: {key}
+    client_ca_file: {ca}
+    client_auth: {client_auth}
+admin:
+  listen: 127.0.0.1:0
+upstreams:
+  mimir: {{ url: "{{UPSTREAM}}" }}
+identities:
+  - name: prom-writer
+    tenant: team-a
+    basic_auth: {{ user: prom-writer, htpasswd_file: {dir}/htpasswd }}
+  - name: grafana-reader
+    tenant: team-b
+    bearer_token: {{ file: {dir}/reader.token }}
+  - name: other-team
+    tenant: team-c
+    bearer_token: {{ file: {dir}/other.token }}
+  - name: sidecar-eu
+    tenant: team-d
+    client_cert: {{ cn: sidecar-eu }}
+routes:
+  - name: push
+    match: {{ path: /api/v1/push, methods: [POST] }}
+    upstream: mimir
+    tenant: {{ from: identity, identities: [prom-writer] }}
+  - name: read
+    match: {{ path_prefix: /prometheus }}
+    upstream: mimir
+    tenant: {{ from: identity }}
+  - name: trusted
+    match: {{ path_prefix: /trusted }}
+    upstream: mimir
+    tenant: {{ from: header, allow: [team-a, team-b] }}
+  - name: trusted-federated
+    match: {{ path_prefix: /federated }}
+    upstream: mimir
+    tenant: {{ from: header, allow: [team-a, team-b], federation: true, aliases: {{ all: "team-a|team-b" }} }}
+  - name: passthrough-auth
+    match: {{ path_prefix: /keep-auth }}
+    upstream: mimir
+    tenant: {{ from: identity }}
+    forward_authorization: true
+"#,
+        cert = server.0.display(),
+        key = server.1.display(),
+        ca = pki.ca_file().display(),
+        dir = pki.dir.display(),
+    )
+}
+
+struct Curl {
+    status: u16,
+    headers: String,
+    body: String,
+    exit: i32,
+}
+
+/// Runs curl against tenantgate; `args` come before the URL.
+async fn curl(args: &[&str], url: &str) -> Curl {
+    let curl = required_binary("curl").expect("curl is part of the base system");
+    let dir = temp_dir("curl");
+    let out = tokio::process::Command::new(curl)
+        .args([
+            "-s",
+            "-S",
+            "--max-time",
+            "20",
+            "-D",
+            &dir.join("h").display().to_string(),
+            "-o",
+            &dir.join("b").display().to_string(),
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("run curl");
+    let c = Curl {
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        headers: std::fs::read_to_string(dir.join("h")).unwrap_or_default(),
+        body: std::fs::read_to_string(dir.join("b")).unwrap_or_default(),
+        exit: out.status.code().unwrap_or(-1),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    c
+}
+
+struct Setup {
+    pki: Pki,
+    up: Upstream,
+    gate: Gate,
+}
+
+impl Setup {
+    async fn new(tag: &str, client_auth: &str) -> Setup {
+        let pki = Pki::new(tag);
+        let server = pki.issue("server", "tenantgate", &["localhost"], true, false);
+        let up = Upstream::start().await;
+        let gate = Gate::start(&gateway_yaml(&pki, &server, client_auth), &up.url()).await;
+        Setup { pki, up, gate }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.gate.addr.port())
+    }
+
+    fn ca(&self) -> String {
+        self.pki.ca_file().display().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_maps_to_its_tenant_and_wrong_or_missing_credentials_get_401() {
+    let s = Setup::new("basic", "optional").await;
+    let ca = s.ca();
+    let ok = curl(
+        &[
+            "--cacert",
+            &ca,
+            "-u",
+            &format!("prom-writer:{WRITER_PASSWORD}"),
+            "-X",
+            "POST",
+            "-H",
+            "X-Scope-OrgID: team-z",
+            "--data-binary",
+            "x",
+        ],
+        &s.url("/api/v1/push"),
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    let seen = s.up.last();
+    assert_eq!(seen.all("x-scope-orgid"), ["team-a"]);
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "credentials for tenantgate reached the upstream"
+    );
+
+    let wrong = curl(
+        &[
+            "--cacert",
+            &ca,
+            "-u",
+            "prom-writer:nope",
+            "-X",
+            "POST",
+            "--data-binary",
+            "x",
+        ],
+        &s.url("/api/v1/push"),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(
+        wrong
+            .headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"tenantgate\""),
+        "{}",
+        wrong.headers
+    );
+    assert!(
+        wrong.body.contains(r#""errorType":"unauthorized""#),
+        "{}",
+        wrong.body
+    );
+
+    let missing = curl(
+        &["--cacert", &ca, "-X", "POST", "--data-binary", "x"],
+        &s.url("/api/v1/push"),
+    )
+    .await;
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        s.up.requests().len(),
+        1,
+        "a rejected request reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_one_tenant_never_produces_another_whatever_headers_are_sent() {
+    let s = Setup::new("token", "optional").await;
+    let ca = s.ca();
+    let bearer = format!("Authorization: Bearer {READER_TOKEN}");
+    for spoof in [
+        "X-Scope-OrgID: team-a",
+        "x-scope-orgid: team-a|team-c",
+        "X-SCOPE-ORGID: ",
+    ] {
+        let r = curl(
+            &[
+                "--cacert",
+                &ca,
+                "-H",
+                &bearer,
+                "-H",
+                spoof,
+                "-H",
+                "X-Scope-OrgID: team-c",
+            ],
+            &s.url("/prometheus/api/v1/labels"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{spoof}: {}", r.body);
+        assert_eq!(s.up.last().all("x-scope-orgid"), ["team-b"], "{spoof}");
+    }
+    // The emulated endpoints sit behind the same authentication.
+    let anon = curl(
+        &["--cacert", &ca],
+        &s.url("/prometheus/api/v1/status/config"),
+    )
+    .await;
+    assert_eq!(anon.status, 401);
+    assert!(
+        anon.headers
+            .to_ascii_lowercase()
+            .contains("www-authenticate: bearer realm=\"tenantgate\""),
+        "{}",
+        anon.headers
+    );
+    let bad = curl(
+        &[
+            "--cacert",
+            &ca,
+            "-H",
+            "Authorization: Bearer reader-token-0123456789abcdeX",
+        ],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identity_not_allowed_on_a_route_gets_403() {
+    let s = Setup::new("forbidden", "optional").await;
+    let r = curl(
+        &[
+            "--cacert",
+            &s.ca(),
+            "-H",
+            &format!("Authorization: Bearer {READER_TOKEN}"),
+            "-X",
+            "POST",
+            "--data-binary",
+            "x",
+        ],
+        &s.url("/api/v1/push"),
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(
+        r.body
+            .contains("identity \\\"grafana-reader\\\" may not use this route"),
+        "{}",
+        r.body
+    );
+    assert!(s.up.requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_maps_to_its_tenant() {
+    let s = Setup::new("cert", "optional").await;
+    let (cert, key) = s.pki.issue("sidecar", "sidecar-eu", &[], false, true);
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let r = curl(
+        &["--cacert", &s.ca(), "--cert", &cert, "--key", &key],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(s.up.last().all("x-scope-orgid"), ["team-d"]);
+
+    let (cert, key) = s.pki.issue("stranger", "stranger", &[], false, true);
+    let r = curl(
+        &[
+            "--cacert",
+            &s.ca(),
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_eq!(
+        r.status, 401,
+        "a certificate with no identity must not pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_client_certificates_are_enforced_in_the_handshake() {
+    let s = Setup::new("mtls-required", "required").await;
+    let without = curl(
+        &[
+            "--cacert",
+            &s.ca(),
+            "-H",
+            &format!("Authorization: Bearer {READER_TOKEN}"),
+        ],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_ne!(
+        without.exit, 0,
+        "a client without a certificate completed a request"
+    );
+    assert_eq!(without.status, 0);
+
+    // A certificate from another CA is refused too.
+    let other = Pki::new("other-ca");
+    let (cert, key) = other.issue("sidecar", "sidecar-eu", &[], false, true);
+    let foreign = curl(
+        &[
+            "--cacert",
+            &s.ca(),
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_ne!(foreign.exit, 0);
+
+    let (cert, key) = s.pki.issue("sidecar", "sidecar-eu", &[], false, true);
+    let with = curl(
+        &[
+            "--cacert",
+            &s.ca(),
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+        &s.url("/prometheus/api/v1/labels"),
+    )
+    .await;
+    assert_eq!(with.status, 200);
+    assert!(s.up.requests().len() == 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routes_accept_only_their_allow_list_and_federation_only_where_allowed() {
+    let s = Setup::new("header", "optional").await;
+    let ca = s.ca();
+    let cases: [(&str, &str, u16, Option<&str>); 8] = [
+        ("/trusted/x", "X-Scope-OrgID: team-a", 200, Some("team-a")),
+        ("/trusted/x", "X-Scope-OrgID: team-c", 403, None),
+        ("/trusted/x", "X-Scope-OrgID: team-a|team-b", 403, None),
+        ("/trusted/x", "X-Scope-OrgID: ../x", 400, None),
+        ("/trusted/x", "X-Other: 1", 401, None),
+        (
+            "/federated/x",
+            "X-Scope-OrgID: team-a|team-b",
+            200,
+            Some("team-a|team-b"),
+        ),
+        (
+            "/federated/x",
+            "X-Scope-OrgID: all",
+            200,
+            Some("team-a|team-b"),
+        ),
+        ("/federated/x", "X-Scope-OrgID: team-a|team-c", 403, None),
+    ];
+    for (path, header, status, tenant) in cases {
+        let before = s.up.requests().len();
+        let r = curl(&["--cacert", &ca, "-H", header], &s.url(path)).await;
+        assert_eq!(r.status, status, "{path} {header}: {}", r.body);
+        match tenant {
+            Some(t) => assert_eq!(s.up.last().all("x-scope-orgid"), [t], "{path} {header}"),
+            None => assert_eq!(
+                s.up.requests().len(),
+                before,
+                "{path} {header} reached the upstream"
+            ),
+        }
+    }
+    // Two copies are refused rather than guessed between.
+    let two = curl(
+        &[
+            "--cacert",
+            &ca,
+            "-H",
+            "X-Scope-OrgID: team-a",
+            "-H",
+            "x-scope-orgid: team-b",
+        ],
+        &s.url("/trusted/x"),
+    )
+    .await;
+    assert_eq!(two.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorization_is_removed_unless_the_route_forwards_it() {
+    let s = Setup::new("fwd-auth", "optional").await;
+    let bearer = format!("Authorization: Bearer {READER_TOKEN}");
+    assert_eq!(
+        curl(
+            &["--cacert", &s.ca(), "-H", &bearer],
+            &s.url("/prometheus/x")
+        )
+        .await
+        .status,
+        200
+    );
+    assert!(s.up.last().headers.get("authorization").is_none());
+    assert_eq!(
+        curl(
+            &["--cacert", &s.ca(), "-H", &bearer],
+            &s.url("/keep-auth/x")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        s.up.last().all("authorization"),
+        [format!("Bearer {READER_TOKEN}")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_or_too_large_headers_get_431() {
+    let s = Setup::new("limits", "optional").await;
+    // Header count is an HTTP/1 limit (HTTP/2 bounds the header list size instead).
+    let mut args: Vec<String> = vec!["--http1.1".into(), "--cacert".into(), s.ca()];
+    for i in 0..60 {
+        args.push("-H".into());
+        args.push(format!("X-Filler-{i}: x"));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(curl(&argv, &s.url("/trusted/x")).await.status, 431);
+    let big = format!("X-Big: {}", "a".repeat(70 * 1024));
+    assert_eq!(
+        curl(
+            &["--http1.1", "--cacert", &s.ca(), "-H", &big],
+            &s.url("/trusted/x")
+        )
+        .await
+        .status,
+        431
+    );
+    // Over HTTP/2 the header list limit is enforced by the protocol: the stream is refused.
+    let h2 = curl(
+        &["--http2", "--cacert", &s.ca(), "-H", &big],
+        &s.url("/trusted/x"),
+    )
+    .await;
+    assert!(
+        h2.status == 431 || h2.exit != 0,
+        "an oversized HTTP/2 header list was served: {}",
+        h2.status
+    );
+    assert!(s.up.requests().is_empty());
+}
+
+/// The certificate a fresh TLS connection to tenantgate is served.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in tenantgate::tls::load_certs(ca).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(tenantgate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("TLS handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    tenantgate::tls::load_certs(path).unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_on_reload_without_dropping_open_connections() {
+    let pki = Pki::new("rotate");
+    let server = pki.issue("server", "tenantgate", &["localhost"], true, false);
+    let first = pem_der(&server.0);
+    let up = Upstream::start().await;
+    let file = pki.dir.join("tenantgate.yaml");
+    std::fs::write(
+        &file,
+        gateway_yaml(&pki, &server, "optional").replace("{UPSTREAM}", &up.url()),
+    )
+    .unwrap();
+    let gate = Gate::start_file(&file).await;
+    assert_eq!(served_certificate(gate.addr, &pki.ca_file()).await, first);
+
+    // A long response in flight on the old certificate.
+    let in_flight = {
+        let ca = pki.ca_file().display().to_string();
+        let url = format!("https://127.0.0.1:{}/trusted/drip/1500", gate.addr.port());
+        tokio::spawn(
+            async move { curl(&["--cacert", &ca, "-H", "X-Scope-OrgID: team-a"], &url).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let rotated = pki.issue("server", "tenantgate-rotated", &["localhost"], true, false);
+    let second = pem_der(&rotated.0);
+    assert_ne!(first, second);
+    gate.handle
+        .reload()
+        .await
+        .expect("reload with rotated certificate");
+    assert_eq!(
+        served_certificate(gate.addr, &pki.ca_file()).await,
+        second,
+        "new connections get the new certificate"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body.len(),
+        10 * 1024,
+        "the connection opened before the rotation was cut"
+    );
+}
+
+fn nginx_mtls_conf(dir: &Path, port: u16, server: &(PathBuf, PathBuf), ca: &Path) -> String {
+    format!(
+        r#"
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log;
+events {{ worker_connections 64; }}
+http {{
+  log_format tenant '$request_method $uri tenant=$http_x_scope_orgid client=$ssl_client_s_dn verify=$ssl_client_verify';
+  access_log {dir}/access.log tenant;
+  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+  server {{
+    listen 127.0.0.1:{port} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    location / {{ default_type application/json; return 200 '{{"status":"success","data":[]}}'; }}
+  }}
+}}
+"#,
+        dir = dir.display(),
+        cert = server.0.display(),
+        key = server.1.display(),
+        ca = ca.display(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_mtls_to_a_real_nginx_that_demands_a_client_certificate() {
+    let Some(nginx) = required_binary("nginx") else {
+        return;
+    };
+    let pki = Pki::new("upstream-mtls");
+    // The server certificate names only "localhost": reaching it at 127.0.0.1 needs server_name.
+    let server = pki.issue("nginx", "nginx", &["localhost"], false, false);
+    let client = pki.issue("gate-client", "tenantgate", &[], false, true);
+    let port = free_port();
+    std::fs::write(
+        pki.dir.join("nginx.conf"),
+        nginx_mtls_conf(&pki.dir, port, &server, &pki.ca_file()),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(nginx);
+    cmd.args([
+        "-p",
+        &pki.dir.display().to_string(),
+        "-c",
+        &pki.dir.join("nginx.conf").display().to_string(),
+        "-e",
+        &pki.dir.join("error.log").display().to_string(),
+        "-g",
+        "daemon off;",
+    ]);
+    let mut child = ChildGuard::spawn("nginx", cmd, pki.dir.join("nginx.out"));
+    wait_for_port(port, &mut child).await;
+
+    let yaml = format!(
+        r#"
+server: {{ listen: 127.0.0.1:0 }}
+upstreams:
+  with-cert:
+    url: https://127.0.0.1:{port}
+    tls: {{ ca_file: {ca}, cert_file: {cert}, key_file: {key}, server_name: localhost }}
+  without-cert:
+    url: https://127.0.0.1:{port}
+    tls: {{ ca_file: {ca}, server_name: localhost }}
+  wrong-name:
+    url: https://127.0.0.1:{port}
+    tls: {{ ca_file: {ca}, cert_file: {cert}, key_file: {key} }}
+routes:
+  - {{ name: good, match: {{ path_prefix: /good }}, upstream: with-cert, tenant: team-a }}
+  - {{ name: nocert, match: {{ path_prefix: /nocert }}, upstream: without-cert, tenant: team-a }}
+  - {{ name: badname, match: {{ path_prefix: /badname }}, upstream: wrong-name, tenant: team-a }}
+"#,
+        ca = pki.ca_file().display(),
+        cert = client.0.display(),
+        key = client.1.display(),
+    );
+    let gate = Gate::start(&yaml, "").await;
+    let (status, _, body) = get(&gate.url("/good/api/v1/labels")).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let log = std::fs::read_to_string(pki.dir.join("access.log")).unwrap_or_default();
+    assert!(
+        log.contains("tenant=team-a client=CN=tenantgate verify=SUCCESS"),
+        "{log}"
+    );
+
+    // NGINX answers 400 itself when no certificate was sent; that answer passes through.
+    let (status, _, _) = get(&gate.url("/nocert/api/v1/labels")).await;
+    assert_eq!(status, 400);
+    // The certificate does not name 127.0.0.1: verification fails, tenantgate answers 502.
+    let (status, _, body) = get(&gate.url("/badname/api/v1/labels")).await;
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("upstream wrong-name"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_remote_writes_over_tls_with_basic_auth_and_a_bearer_token() {
+    let Some(prometheus) = required_binary("prometheus") else {
+        return;
+    };
+    let s = Setup::new("prom-rw", "optional").await;
+    // A second writer identity for the bearer-token remote_write.
+    let yaml = gateway_yaml(
+        &s.pki,
+        &(s.pki.dir.join("server.pem"), s.pki.dir.join("server.key")),
+        "optional",
+    )
+    .replace(
+        "tenant: {{ from: identity, identities: [prom-writer] }}",
+        "",
+    )
+    .replace(
+        "identities: [prom-writer] }",
+        "identities: [prom-writer, other-team] }",
+    )
+    .replace("{UPSTREAM}", &s.up.url());
+    let file = s.pki.dir.join("tenantgate.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let gate = Gate::start_file(&file).await;
+    drop(s.gate);
+
+    let prom_port = free_port();
+    let config = format!(
+        r#"
+global: {{ scrape_interval: 1s }}
+scrape_configs:
+  - job_name: self
+    static_configs: [{{ targets: ["127.0.0.1:{prom_port}"] }}]
+remote_write:
+  - url: https://localhost:{gate_port}/api/v1/push
+    tls_config: {{ ca_file: {ca} }}
+    basic_auth: {{ username: prom-writer, password: {WRITER_PASSWORD} }}
+    headers: {{ X-Scope-OrgID: evil }}
+    queue_config: {{ batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s }}
+  - url: https://localhost:{gate_port}/api/v1/push
+    tls_config: {{ ca_file: {ca} }}
+    authorization: {{ type: Bearer, credentials_file: {dir}/other.token }}
+    queue_config: {{ batch_send_deadline: 1s, min_backoff: 100ms, max_backoff: 1s }}
+"#,
+        gate_port = gate.addr.port(),
+        ca = s.pki.ca_file().display(),
+        dir = s.pki.dir.display(),
+    );
+    let pdir = s.pki.dir.join("prom");
+    std::fs::create_dir_all(&pdir).unwrap();
+    std::fs::write(pdir.join("prometheus.yml"), config).unwrap();
+    let mut cmd = std::process::Command::new(prometheus);
+    cmd.args([
+        &format!("--config.file={}", pdir.join("prometheus.yml").display()),
+        &format!("--storage.tsdb.path={}", pdir.join("data").display()),
+        &format!("--web.listen-address=127.0.0.1:{prom_port}"),
+    ]);
+    let mut child = ChildGuard::spawn("prometheus", cmd, pdir.join("prometheus.log"));
+    wait_for_port(prom_port, &mut child).await;
+
+    let up = &s.up;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pushes: Vec<Seen> = up
+            .requests()
+            .into_iter()
+            .filter(|r| r.uri == "/api/v1/push")
+            .collect();
+        let tenants: Vec<Vec<String>> = pushes.iter().map(|p| p.all("x-scope-orgid")).collect();
+        for (p, t) in pushes.iter().zip(&tenants) {
+            assert!(t == &["team-a"] || t == &["team-c"], "a push carried {t:?}");
+            assert!(
+                p.headers.get("authorization").is_none(),
+                "credentials reached the upstream"
+            );
+            assert_eq!(p.all("content-encoding"), ["snappy"]);
+        }
+        if tenants.iter().any(|t| t == &["team-a"]) && tenants.iter().any(|t| t == &["team-c"]) {
+            break;
+        }
+        child.assert_running();
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pushes with both tenants within 60s; prometheus log:\n{}",
+            child.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
