@@ -49,12 +49,13 @@ fn upstream_view(path: &str) -> String {
     let mut decoded = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16) {
-                decoded.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&path[i + 1..i + 3], 16)
+        {
+            decoded.push(b);
+            i += 3;
+            continue;
         }
         decoded.push(bytes[i]);
         i += 1;
