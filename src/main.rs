@@ -74,8 +74,12 @@ enum Command {
         /// Also contact every upstream the way real traffic would (reachability, TLS, each
         /// route's tenant, remote read, the push endpoint, emulated endpoints) and report one
         /// line per check. Writes nothing.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "syntax_only")]
         probe: bool,
+        /// Do not read the files and environment variables the config refers to (TLS material,
+        /// tokens, htpasswd files), e.g. in CI where the secrets are not available.
+        #[arg(long)]
+        syntax_only: bool,
     },
 }
 
@@ -88,6 +92,7 @@ impl SourceArgs {
                 tenant: self.tenant.clone(),
                 listen: self.listen.clone(),
                 admin_listen: self.admin_listen.clone(),
+                ..Overrides::default()
             },
         }
     }
@@ -95,7 +100,13 @@ impl SourceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let source = cli.source.source();
+    let mut source = cli.source.source();
+    if let Some(Command::Check {
+        syntax_only: true, ..
+    }) = cli.command
+    {
+        source.overrides.syntax_only = true;
+    }
     let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
@@ -108,7 +119,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check { probe }) => {
+        Some(Command::Check { probe, .. }) => {
             print!("{}", describe(&config));
             if !probe {
                 return ExitCode::SUCCESS;
@@ -184,6 +195,9 @@ fn describe(c: &Config) -> String {
             .join(", ")
     };
     let _ = writeln!(out, "{}: ok", c.source);
+    for unread in &c.unread {
+        let _ = writeln!(out, "not read (--syntax-only): {unread}");
+    }
     let _ = writeln!(out, "listen: {}", addrs(&c.server.listen));
     match &c.admin {
         Some(a) => {
@@ -195,6 +209,26 @@ fn describe(c: &Config) -> String {
         }
         None => {
             let _ = writeln!(out, "admin:  off");
+        }
+    }
+    if let Some(t) = &c.server.tls {
+        let _ = writeln!(
+            out,
+            "tls:    {} (client certificates: {:?})",
+            t.cert_file.display(),
+            t.client_auth
+        );
+    }
+    if !c.identities.is_empty() {
+        let _ = writeln!(out, "\nidentities (credentials are never printed):");
+        for i in c.identities.iter() {
+            let _ = writeln!(
+                out,
+                "  {:<24} {:<13} -> tenant {}",
+                i.name,
+                i.credential.kind(),
+                i.tenant
+            );
         }
     }
     let _ = writeln!(out, "\nupstreams:");

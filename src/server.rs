@@ -95,6 +95,11 @@ impl Server {
         source: ConfigSource,
         options: AppOptions,
     ) -> std::io::Result<Server> {
+        if !config.unread.is_empty() {
+            return Err(std::io::Error::other(
+                "a config checked with --syntax-only cannot be served",
+            ));
+        }
         let data = bind_all(&config.server.listen, "server.listen").await?;
         let admin = match &config.admin {
             Some(a) => bind_all(&a.listen, "admin.listen").await?,

@@ -8,6 +8,64 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tenantgate");
 
+/// Creates the secrets config/gateway.yaml refers to, next to a copy of it.
+fn gateway_with_secrets(dir: &Path) -> std::path::PathBuf {
+    let secrets = dir.join("secrets");
+    std::fs::create_dir_all(secrets.join("tls")).unwrap();
+    std::fs::create_dir_all(secrets.join("tokens")).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["mimir-gateway".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(secrets.join("tls/ca.crt"), ca.pem()).unwrap();
+    std::fs::write(secrets.join("tls/tls.crt"), cert.pem()).unwrap();
+    std::fs::write(secrets.join("tls/tls.key"), key.serialize_pem()).unwrap();
+    let hash = |p: &str| bcrypt::hash(p, 4).unwrap();
+    std::fs::write(
+        secrets.join("htpasswd"),
+        format!(
+            "prometheus-team-a:{}\nprometheus-team-b:{}\n",
+            hash("a"),
+            hash("b")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        secrets.join("tokens/grafana"),
+        "grafana-token-0123456789abcdef\n",
+    )
+    .unwrap();
+    let config = dir.join("gateway.yaml");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gateway.yaml"),
+        &config,
+    )
+    .unwrap();
+    config
+}
+
+fn check(args: &[&str], config: &Path) -> String {
+    let out = Command::new(BIN)
+        .arg("check")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .expect("run check");
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn check_accepts_every_file_in_config() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -15,20 +73,14 @@ fn check_accepts_every_file_in_config() {
     for entry in std::fs::read_dir(&dir).expect("config/") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-            let out = Command::new(BIN)
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .expect("run check");
-            assert!(
-                out.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
+            // Syntax first: it needs none of the secrets a file refers to.
+            let stdout = check(&["--syntax-only"], &path);
             assert!(stdout.contains(": ok"), "{stdout}");
-            assert!(stdout.contains("tenant:"), "{stdout}");
+            if !stdout.contains("not read (--syntax-only)") {
+                // No secrets referenced: the full check runs on the file as shipped.
+                let stdout = check(&[], &path);
+                assert!(stdout.contains("tenant:"), "{stdout}");
+            }
             checked += 1;
         }
     }
@@ -36,6 +88,37 @@ fn check_accepts_every_file_in_config() {
         checked >= 3,
         "expected sidecar, gateway and dev configs, checked {checked}"
     );
+}
+
+#[test]
+fn the_gateway_example_passes_the_full_check_with_its_secrets_in_place() {
+    let dir = std::env::temp_dir().join(format!("tenantgate-cli-gw-{}", std::process::id()));
+    let config = gateway_with_secrets(&dir);
+    let stdout = check(&[], &config);
+    assert!(!stdout.contains("not read"), "{stdout}");
+    assert!(
+        stdout.contains("from the caller's identity (prometheus-team-a, prometheus-team-b)"),
+        "{stdout}"
+    );
+    // No secret is ever printed.
+    assert!(
+        !stdout.contains("grafana-token-0123456789abcdef") && !stdout.contains("$2"),
+        "{stdout}"
+    );
+    // And without them, the full check names the missing file.
+    std::fs::remove_file(dir.join("secrets/tokens/grafana")).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("identities[2].bearer_token.file: cannot read secrets/tokens/grafana"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -44,6 +44,8 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// Callers that can authenticate (for `tenant: {from: identity}` routes).
     pub identities: std::sync::Arc<crate::auth::Identities>,
+    /// Files and variables `--syntax-only` did not read; a config with any cannot be served.
+    pub unread: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -263,7 +265,9 @@ pub fn load_file(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErr
             message: format!("cannot read: {e}"),
         }],
     })?;
-    from_yaml(&text, &source, overrides)
+    let mut overrides = overrides.clone();
+    overrides.base_dir = path.parent().map(Path::to_path_buf);
+    from_yaml(&text, &source, &overrides)
 }
 
 /// Loads the file if one is given, else the built-in default.

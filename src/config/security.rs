@@ -4,7 +4,6 @@
 //! described, not printed.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_saphyr::Spanned;
@@ -104,7 +103,12 @@ pub(super) fn identities(
                     (Some(h), None) => check_bcrypt_hash(h)
                         .map(|()| h.clone())
                         .map_err(|e| (format!("{key}.basic_auth.password_hash"), e)),
-                    (None, Some(f)) => htpasswd_hash(std::path::Path::new(f), &b.user)
+                    (None, Some(f))
+                        if errs.skip(format!("{key}.basic_auth.htpasswd_file: {f}")) =>
+                    {
+                        Ok(crate::auth::placeholder_hash())
+                    }
+                    (None, Some(f)) => htpasswd_hash(&errs.path(f), &b.user)
                         .map_err(|e| (format!("{key}.basic_auth.htpasswd_file"), e)),
                     _ => Err((
                         format!("{key}.basic_auth"),
@@ -124,7 +128,13 @@ pub(super) fn identities(
             }
         } else if let Some(t) = &v.bearer_token {
             let token = match (&t.file, &t.env) {
-                (Some(f), None) => std::fs::read_to_string(f)
+                (Some(f), None) if errs.skip(format!("{key}.bearer_token.file: {f}")) => {
+                    Ok(format!("unread-token-of-{}", v.name))
+                }
+                (None, Some(var)) if errs.skip(format!("{key}.bearer_token.env: ${var}")) => {
+                    Ok(format!("unread-token-of-{}", v.name))
+                }
+                (Some(f), None) => std::fs::read_to_string(errs.path(f))
                     .map(|s| s.trim().to_owned())
                     .map_err(|e| {
                         (
@@ -361,10 +371,21 @@ pub(super) fn server_tls(errs: &mut Errors, raw: &Spanned<RawServerTls>) -> Opti
     if timeout.is_zero() {
         errs.at("server.tls.handshake_timeout", Some(raw), "must be > 0");
     }
+    if errs.skip(format!(
+        "server.tls: {}, {}{}",
+        t.cert_file,
+        t.key_file,
+        t.client_ca_file
+            .as_ref()
+            .map(|c| format!(", {c}"))
+            .unwrap_or_default()
+    )) {
+        return None;
+    }
     match ServerTls::load(
-        PathBuf::from(&t.cert_file),
-        PathBuf::from(&t.key_file),
-        t.client_ca_file.as_ref().map(PathBuf::from),
+        errs.path(&t.cert_file),
+        errs.path(&t.key_file),
+        t.client_ca_file.as_ref().map(|p| errs.path(p)),
         client_auth,
         timeout,
     ) {
@@ -400,10 +421,26 @@ pub(super) fn upstream_tls(
         );
         return None;
     }
+    let files: Vec<&String> = [&t.ca_file, &t.cert_file, &t.key_file]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !files.is_empty()
+        && errs.skip(format!(
+            "{key}.tls: {}",
+            files
+                .iter()
+                .map(|f| f.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    {
+        return None;
+    }
     match UpstreamTls::load(
-        t.ca_file.as_ref().map(PathBuf::from),
-        t.cert_file.as_ref().map(PathBuf::from),
-        t.key_file.as_ref().map(PathBuf::from),
+        t.ca_file.as_ref().map(|p| errs.path(p)),
+        t.cert_file.as_ref().map(|p| errs.path(p)),
+        t.key_file.as_ref().map(|p| errs.path(p)),
         t.server_name.clone(),
         t.insecure_skip_verify,
     ) {

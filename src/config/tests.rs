@@ -45,6 +45,7 @@ fn command_line_overrides_apply_before_validation() {
         tenant: Some("dev".into()),
         listen: Some(":8000".into()),
         admin_listen: Some("127.0.0.1:0".into()),
+        ..Overrides::default()
     };
     let c = load(None, &o).unwrap();
     assert_eq!(

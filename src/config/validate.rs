@@ -34,13 +34,41 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// New admin listen address (adds an admin listener if the config has none).
     pub admin_listen: Option<String>,
+    /// Validate without reading referenced files or environment variables (`check
+    /// --syntax-only`); such a config can be checked and printed, never served.
+    pub syntax_only: bool,
+    /// Directory relative file paths resolve against; set by `load_file`.
+    pub base_dir: Option<std::path::PathBuf>,
 }
 
 pub(super) struct Errors {
     pub(super) errors: Vec<ConfigError>,
+    /// Relative file paths in the config resolve against this directory (the config file's).
+    pub(super) base_dir: Option<std::path::PathBuf>,
+    /// `check --syntax-only`: referenced files and environment variables are not read.
+    pub(super) syntax_only: bool,
+    /// What `syntax_only` left unread, for `check` to say so.
+    pub(super) skipped: Vec<String>,
 }
 
 impl Errors {
+    /// A file path from the config, relative ones resolved against the config's directory.
+    pub(super) fn path(&self, p: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(p);
+        match &self.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// In `--syntax-only` mode, notes that `what` was not read and returns true.
+    pub(super) fn skip(&mut self, what: String) -> bool {
+        if self.syntax_only {
+            self.skipped.push(what);
+        }
+        self.syntax_only
+    }
+
     pub(super) fn at<T>(
         &mut self,
         path: impl Into<String>,
@@ -534,7 +562,12 @@ pub fn validate(
     source: &str,
     overrides: &Overrides,
 ) -> Result<Config, ConfigErrors> {
-    let mut errs = Errors { errors: Vec::new() };
+    let mut errs = Errors {
+        errors: Vec::new(),
+        base_dir: overrides.base_dir.clone(),
+        syntax_only: overrides.syntax_only,
+        skipped: Vec::new(),
+    };
 
     if let Some(url) = &overrides.upstream {
         if raw.upstreams.len() == 1 {
@@ -688,6 +721,7 @@ pub fn validate(
             upstreams,
             routes,
             identities,
+            unread: errs.skipped,
         })
     } else {
         Err(ConfigErrors {
