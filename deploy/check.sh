@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# shellcheck disable=SC2015  # "A && B || die" is meant: die when either A or B fails.
+# Offline validation of deploy/ and the Dockerfile, for CI: bash deploy/check.sh (from anywhere).
+#
+#   1. renders both kustomizations (deploy/kubernetes/{sidecar,gateway})
+#   2. validates the rendered objects against Kubernetes 1.29 schemas, strictly (kubernetes-validate)
+#   3. runs `tenantgate check` on the tenantgate config each kustomization embeds, and on compose's
+#   4. checks the wiring: ConfigMap mount and --config, probes on the admin port, grace periods,
+#      Thanos sidecar --prometheus.url = tenantgate's emulated route prefix, no --objstore.config,
+#      remote_write through tenantgate, the Dockerfile's build, COPY sources, binary path and user,
+#      the systemd unit
+#
+# Tools, installed when missing:
+#   - kustomize: `kustomize build` or `kubectl kustomize` if on PATH (the project's machine image
+#     ships kubectl), else Debian's kubernetes-client package via apt-get: the only kustomize binary
+#     the reachable registries offer (its kubectl 1.20 embeds kustomize v2; the manifests use only
+#     resources, configMapGenerator and images, which it renders too).
+#     Override with KUSTOMIZE="kustomize build".
+#   - kubernetes-validate (PyPI, pinned, it ships the schemas) and PyYAML, in a venv under
+#     ${XDG_CACHE_HOME:-~/.cache}/tenantgate-ci, reused by later runs.
+#   - tenantgate: $TENANTGATE_BIN, default target/debug/tenantgate, built with `cargo build --locked`
+#     if missing.
+# Optional, skipped when absent: promtool (checks the compose Prometheus config), systemd-analyze.
+#
+# One line per check ("ok", "FAIL", "skip"); exits 1 if any check failed, 2 if a tool is missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+KV_VERSION=1.31.0          # kubernetes-validate release (ships schemas up to 1.31)
+PYYAML_VERSION=6.0.2
+K8S_VERSION=1.29.0         # the Kubernetes API version the manifests must be valid for
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate-ci"
+VENV="$CACHE/venv-kv$KV_VERSION-pyyaml$PYYAML_VERSION"
+TENANTGATE_BIN="${TENANTGATE_BIN:-target/debug/tenantgate}"
+KUSTOMIZATIONS=(deploy/kubernetes/sidecar deploy/kubernetes/gateway)
+COMPOSE=deploy/compose/compose.yaml
+UNIT=deploy/systemd/tenantgate.service
+
+failed=0
+started=$SECONDS
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+ok()   { printf 'ok   %s\n' "$*"; }
+bad()  { printf 'FAIL %s\n' "$*"; failed=1; }
+skip() { printf 'skip %s\n' "$*"; }
+die()  { printf 'FAIL %s\n' "$*" >&2; echo "deploy/check.sh: cannot continue without this tool" >&2; exit 2; }
+# Run a command quietly; on failure print FAIL with its output indented.
+run() {
+    local what="$1"; shift
+    if "$@" >"$work/out" 2>&1; then ok "$what"; else bad "$what"; sed 's/^/     | /' "$work/out"; fi
+}
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo -n "$@"; else return 1; fi; }
+
+apt_install() {
+    command -v apt-get >/dev/null || return 1
+    # apt-cache knows nothing before the first `apt-get update`.
+    if ! apt-cache policy "$@" 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+        as_root apt-get update -qq >/dev/null || return 1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# --- tools ---------------------------------------------------------------------------------------
+
+command -v python3 >/dev/null || apt_install python3 python3-venv || die "python3: not found and apt-get install python3 failed"
+
+if [ ! -f "$VENV/.complete" ]; then
+    rm -rf "$VENV"
+    mkdir -p "$CACHE"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+        # Debian's python3 needs python3-venv for ensurepip.
+        apt_install python3-venv && python3 -m venv "$VENV" >/dev/null 2>&1 \
+            || die "python3 -m venv: failed (apt-get install python3-venv did not help)"
+    fi
+    "$VENV/bin/pip" install -q --disable-pip-version-check \
+        "kubernetes-validate==$KV_VERSION" "PyYAML==$PYYAML_VERSION" >"$work/pip" 2>&1 \
+        || { cat "$work/pip" >&2; rm -rf "$VENV"; die "pip install kubernetes-validate==$KV_VERSION (PyPI) failed"; }
+    touch "$VENV/.complete"
+    ok "tools: kubernetes-validate $KV_VERSION installed from PyPI into $VENV"
+else
+    ok "tools: kubernetes-validate $KV_VERSION (cached in $VENV)"
+fi
+PY="$VENV/bin/python"
+KV="$VENV/bin/kubernetes-validate"
+
+if [ -n "${KUSTOMIZE:-}" ]; then
+    read -r -a kustomize <<<"$KUSTOMIZE"
+elif command -v kustomize >/dev/null; then
+    kustomize=(kustomize build)
+elif command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+    kustomize=(kubectl kustomize)
+else
+    echo "tools: no kustomize or kubectl; installing Debian's kubernetes-client (apt)"
+    apt_install kubernetes-client && command -v kubectl >/dev/null \
+        || die "kustomize: neither kustomize nor kubectl found, and apt-get install kubernetes-client failed"
+    kustomize=(kubectl kustomize)
+fi
+ok "tools: rendering with \`${kustomize[*]}\`"
+
+if [ ! -x "$TENANTGATE_BIN" ]; then
+    echo "tools: $TENANTGATE_BIN missing; cargo build --locked"
+    cargo build --locked >"$work/cargo" 2>&1 || { cat "$work/cargo" >&2; die "cargo build --locked failed"; }
+    [ -x "$TENANTGATE_BIN" ] || die "$TENANTGATE_BIN: still missing after cargo build (set TENANTGATE_BIN)"
+fi
+ok "tools: $("$TENANTGATE_BIN" --version) ($TENANTGATE_BIN)"
+
+tenantgate_check() { # what, config file
+    run "$1: tenantgate check" "$TENANTGATE_BIN" check --config "$2"
+}
+helper() { # python checks print their own ok/FAIL lines
+    "$PY" deploy/check_manifests.py "$@" || failed=1
+}
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+for dir in "${KUSTOMIZATIONS[@]}"; do
+    name="$(basename "$dir")"
+    out="$work/$name.yaml"
+    if ! "${kustomize[@]}" "$dir" >"$out" 2>"$work/out"; then
+        bad "$dir: ${kustomize[*]}"; sed 's/^/     | /' "$work/out"; continue
+    fi
+    ok "$dir: rendered $(grep -c '^kind:' "$out") objects ($(grep '^kind:' "$out" | awk '{print $2}' | sort | paste -sd, -))"
+    run "$dir: valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" \
+        "$KV" --kubernetes-version "$K8S_VERSION" --strict --quiet "$out"
+    CHECK_WHERE="$dir" helper configmap "$out" "$work/$name-tenantgate.yaml"
+    if [ -s "$work/$name-tenantgate.yaml" ]; then
+        tenantgate_check "$dir (ConfigMap tenantgate.yaml)" "$work/$name-tenantgate.yaml"
+        if [ "$name" = sidecar ]; then CHECK_WHERE="$dir" helper thanos-k8s "$out" "$work/$name-tenantgate.yaml"; fi
+    fi
+done
+
+# --- compose -------------------------------------------------------------------------------------
+
+helper compose "$COMPOSE" "$work/compose-tenantgate.yaml"
+[ -s "$work/compose-tenantgate.yaml" ] && tenantgate_check "$COMPOSE (tenantgate config)" "$work/compose-tenantgate.yaml"
+if command -v promtool >/dev/null; then
+    run "deploy/compose/prometheus.yml: promtool check config" promtool check config deploy/compose/prometheus.yml
+else
+    skip "deploy/compose/prometheus.yml: promtool not installed"
+fi
+
+# --- Dockerfile, systemd -------------------------------------------------------------------------
+
+helper dockerfile Dockerfile
+helper systemd "$UNIT"
+if command -v systemd-analyze >/dev/null; then
+    # Verify a copy whose binary path exists here; systemd-analyze checks that ExecStart is executable.
+    sed "s|/usr/local/bin/tenantgate|$(realpath "$TENANTGATE_BIN")|g" "$UNIT" >"$work/tenantgate.service"
+    run "$UNIT: systemd-analyze verify" systemd-analyze verify "$work/tenantgate.service"
+else
+    skip "$UNIT: systemd-analyze not installed"
+fi
+
+# -------------------------------------------------------------------------------------------------
+
+if [ "$failed" != 0 ]; then
+    echo "deploy/check.sh: FAILED ($((SECONDS - started))s)"
+    exit 1
+fi
+echo "deploy/check.sh: all checks passed ($((SECONDS - started))s)"
