@@ -58,6 +58,7 @@ pub struct Server {
     max_headers: usize,
     max_header_bytes: usize,
     shutdown_grace: Duration,
+    shutdown_delay: Duration,
 }
 
 /// A handle to ask a running server to reload or to see its state.
@@ -111,6 +112,7 @@ impl Server {
         let max_header_bytes =
             usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX);
         let shutdown_grace = config.server.shutdown_grace;
+        let shutdown_delay = config.server.shutdown_delay;
         let app = App::new(config, options).map_err(std::io::Error::other)?;
         let state = Arc::new(State {
             app,
@@ -127,6 +129,7 @@ impl Server {
             max_headers,
             max_header_bytes,
             shutdown_grace,
+            shutdown_delay,
         })
     }
 
@@ -212,6 +215,11 @@ impl Server {
 
         shutdown.await;
         self.state.draining.store(true, Ordering::SeqCst);
+        if !self.shutdown_delay.is_zero() {
+            // Readiness is already 503; keep serving new connections until load balancers notice.
+            tracing::info!(delay = %config::units::format_duration(self.shutdown_delay), "shutting down: not ready, still accepting for the shutdown delay");
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         tracing::info!(grace = %config::units::format_duration(self.shutdown_grace), "shutting down: no new connections, draining in-flight requests");
         let _ = stop_tx.send(true);
         for t in accept_tasks {

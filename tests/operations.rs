@@ -381,3 +381,22 @@ async fn readiness_follows_upstream_health_checks() {
     // Requests are still served: readiness is advice to the load balancer, not a block.
     assert_eq!(get(&sick.url("/prometheus/api/v1/labels")).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_delay_keeps_accepting_while_readiness_is_503() {
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 1s\n",
+    );
+    let mut gate = Gate::start(&yaml, &up.url()).await;
+    let admin = gate.admin.unwrap();
+    gate.begin_stop();
+    eventually(5, "readiness 503", || async move {
+        get(&format!("http://{admin}/-/ready")).await.0 == 503
+    })
+    .await;
+    // Not ready, yet new connections are still served during the delay.
+    assert_eq!(get(&gate.url("/prometheus/api/v1/labels")).await.0, 200);
+    gate.stopped().await;
+}

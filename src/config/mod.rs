@@ -52,6 +52,7 @@ pub struct Config {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: u64,

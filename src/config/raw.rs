@@ -35,6 +35,10 @@ pub struct RawServer {
     pub listen: Option<Spanned<Listen>>,
     /// How long in-flight requests may run after SIGTERM. Default 30s.
     pub shutdown_grace: Option<PromDuration>,
+    /// After SIGTERM, keep accepting (while /-/ready answers 503) this long before closing the
+    /// listeners, so load balancers that lag behind readiness send nothing into a closed port.
+    /// Default 0s; 5s suits Kubernetes.
+    pub shutdown_delay: Option<PromDuration>,
     /// Time a client has to send complete request headers (slowloris guard). Default 30s.
     pub header_read_timeout: Option<PromDuration>,
     /// Connections served at once; further connections wait in the accept queue. Default 10000.

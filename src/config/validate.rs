@@ -623,6 +623,7 @@ pub fn validate(
             .server
             .shutdown_grace
             .map_or(Duration::from_secs(30), |d| d.0),
+        shutdown_delay: raw.server.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
         header_read_timeout: raw
             .server
             .header_read_timeout
