@@ -648,6 +648,8 @@ async fn certificates_rotate_on_reload_without_dropping_open_connections() {
 fn nginx_mtls_conf(dir: &Path, port: u16, server: &(PathBuf, PathBuf), ca: &Path) -> String {
     format!(
         r#"
+# One process: killing it (the test's Drop) leaves no worker behind.
+master_process off;
 worker_processes 1;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
