@@ -4,11 +4,14 @@
 #
 #   1. renders both kustomizations (deploy/kubernetes/{sidecar,gateway})
 #   2. validates the rendered objects against Kubernetes 1.29 schemas, strictly (kubernetes-validate)
-#   3. runs `tenantgate check` on the tenantgate config each kustomization embeds, and on compose's
-#   4. checks the wiring: ConfigMap mount and --config, probes on the admin port, grace periods,
-#      Thanos sidecar --prometheus.url = tenantgate's emulated route prefix, no --objstore.config,
-#      remote_write through tenantgate, the Dockerfile's build, COPY sources, binary path and user,
-#      the systemd unit
+#   3. runs `tenantgate check --syntax-only` on the tenantgate config each kustomization embeds
+#      (its TLS keys, htpasswd and token files come from Secrets that are never in the repo), and
+#      `tenantgate check` on compose's
+#   4. checks the wiring: --config is the ConfigMap's file where it is mounted, every secret file
+#      the config names is a Secret key mounted at that path, Service ports, probes on the admin
+#      port, grace periods, Thanos sidecar --prometheus.url = tenantgate's emulated route prefix,
+#      no --objstore.config, remote_write through tenantgate, the Dockerfile's build, COPY sources,
+#      binary path and user, the systemd unit
 #
 # Tools, installed when missing:
 #   - kustomize: `kustomize build` or `kubectl kustomize` if on PATH (the project's machine image
@@ -126,7 +129,13 @@ for dir in "${KUSTOMIZATIONS[@]}"; do
         "$KV" --kubernetes-version "$K8S_VERSION" --strict --quiet "$out"
     CHECK_WHERE="$dir" helper configmap "$out" "$work/$name-tenantgate.yaml"
     if [ -s "$work/$name-tenantgate.yaml" ]; then
-        tenantgate_check "$dir (ConfigMap tenantgate.yaml)" "$work/$name-tenantgate.yaml"
+        # The Secrets the config's files come from exist only in the cluster: check the rest of
+        # the config, then that the Deployment mounts each file it names (and that the check's
+        # "not read" list holds nothing the helper does not look for).
+        run "$dir (ConfigMap tenantgate.yaml): tenantgate check --syntax-only" \
+            "$TENANTGATE_BIN" check --syntax-only --config "$work/$name-tenantgate.yaml"
+        cp "$work/out" "$work/$name-check.txt"
+        CHECK_WHERE="$dir" helper secrets "$out" "$work/$name-tenantgate.yaml" "$work/$name-check.txt"
         if [ "$name" = sidecar ]; then CHECK_WHERE="$dir" helper thanos-k8s "$out" "$work/$name-tenantgate.yaml"; fi
     fi
 done

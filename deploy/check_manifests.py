@@ -5,7 +5,13 @@ Each subcommand prints one line per check, "ok   <what>" or "FAIL <what>: <why>"
 if any check failed. Needs PyYAML only.
 
   configmap RENDERED OUT       tenantgate.yaml out of a rendered kustomization's ConfigMap, and
-                               the Deployment's wiring of it (mount, --config, probes, grace)
+                               the Deployment's wiring of it (--config is that ConfigMap's file
+                               as mounted, probes, grace, Service ports)
+  secrets RENDERED CONFIG CHECK_OUTPUT
+                               every file CONFIG names (TLS, htpasswd, tokens) is a Secret key the
+                               Deployment mounts at that path, readable by the Pod's user;
+                               CHECK_OUTPUT is `tenantgate check --syntax-only`'s, whose
+                               "not read" lines must all be among them
   thanos-k8s RENDERED CONFIG   the Thanos sidecar in rendered manifests against tenantgate CONFIG
   compose COMPOSE_FILE OUT     the compose stack: sidecar, remote_write, tenantgate build and config
                                (its tenantgate config is copied to OUT)
@@ -190,6 +196,75 @@ def tenantgate_configmap(docs):
     return None
 
 
+def octal(mode):
+    return "0" + format(mode, "o") if isinstance(mode, int) else str(mode)
+
+
+def volume_sources(vol):
+    """The Secrets and ConfigMaps a volume holds, as (relpath, kind, name, key, mode, optional).
+
+    relpath is None for a source without `items`: each of its keys is a file named after the key,
+    and which keys exist is known only to the cluster."""
+    out = []
+
+    def add(kind, obj, name, default_mode):
+        items = obj.get("items")
+        for it in items or [None]:
+            if it is None:
+                out.append((None, kind, name, None, default_mode, bool(obj.get("optional"))))
+            else:
+                out.append((os.path.normpath(it["path"]), kind, name, it["key"],
+                            it.get("mode", default_mode), bool(obj.get("optional"))))
+
+    if vol.get("secret") is not None:
+        sec = vol["secret"]
+        add("Secret", sec, sec.get("secretName"), sec.get("defaultMode", 0o644))
+    elif vol.get("configMap") is not None:
+        cm = vol["configMap"]
+        add("ConfigMap", cm, cm.get("name"), cm.get("defaultMode", 0o644))
+    elif vol.get("projected") is not None:
+        mode = vol["projected"].get("defaultMode", 0o644)
+        for src in vol["projected"].get("sources") or []:
+            if src.get("secret") is not None:
+                add("Secret", src["secret"], src["secret"].get("name"), mode)
+            elif src.get("configMap") is not None:
+                add("ConfigMap", src["configMap"], src["configMap"].get("name"), mode)
+    return out
+
+
+KEY_RE = re.compile(r"^[-._a-zA-Z0-9]+$")
+
+
+def mounted_file(pod, c, path):
+    """What a container sees at the absolute `path`: a dict with the mount (the deepest one that
+    contains the path hides the others), its volume, and the Secret/ConfigMap key behind the file
+    (kind, name, key, mode, optional), or with "why" when no key of a mounted object lands there."""
+    path = os.path.normpath(path)
+    vols = {v["name"]: v for v in pod.get("volumes") or []}
+    best = None
+    for m in c.get("volumeMounts") or []:
+        mp = os.path.normpath(m.get("mountPath", ""))
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) > len(best[1])):
+            best = (m, mp)
+    if best is None:
+        return {"why": f"no volumeMount contains {path}"}
+    m, mp = best
+    vol = vols.get(m["name"]) or {}
+    rel = os.path.relpath(path, mp)
+    if m.get("subPath"):
+        rel = os.path.normpath(os.path.join(m["subPath"], rel))
+    hit = {"mount": m, "mountPath": mp, "volume": m["name"], "subPath": m.get("subPath")}
+    for relpath, kind, name, key, mode, optional in volume_sources(vol):
+        if relpath == rel or (relpath is None and KEY_RE.match(rel) and rel not in (".", "..")):
+            hit.update(kind=kind, name=name, key=key or rel, mode=mode, optional=optional)
+            return hit
+    kinds = [k for k in ("secret", "configMap", "projected", "emptyDir", "hostPath",
+                         "persistentVolumeClaim") if k in vol]
+    where = f"volume {m['name']} ({', '.join(kinds) or 'unknown'}) mounted at {mp}"
+    hit["why"] = f"{where} has no file {rel}"
+    return hit
+
+
 def cmd_configmap(rendered, out):
     where = os.environ.get("CHECK_WHERE", rendered)
     docs = load_all(rendered)
@@ -209,15 +284,26 @@ def cmd_configmap(rendered, out):
         return
     w, c = tg[0]
     pod = w["spec"]["template"]["spec"]
-    vols = {v["name"]: v for v in pod.get("volumes") or []}
-    mounts = [m for m in c.get("volumeMounts") or []
-              if (vols.get(m["name"]) or {}).get("configMap", {}).get("name") == cm_name]
-    check(any(m.get("mountPath") == os.path.dirname(CONFIG_PATH) for m in mounts),
-          f"{where}: ConfigMap {cm_name} mounted at {os.path.dirname(CONFIG_PATH)}",
-          f"mounts: {[(m['name'], m.get('mountPath')) for m in c.get('volumeMounts') or []]}")
+    # --config must name the file the ConfigMap's tenantgate.yaml key becomes, as mounted.
     args = container_args(c)
-    check(flag_value(args, "--config") == CONFIG_PATH,
-          f"{where}: tenantgate runs --config={CONFIG_PATH}", f"args: {args}")
+    config_path = flag_value(args, "--config")
+    if not (config_path and os.path.isabs(config_path)):
+        fail(f"{where}: tenantgate runs --config=ABSOLUTE_PATH", f"args: {args}")
+    else:
+        hit = mounted_file(pod, c, config_path)
+        mounts = [(m["name"], m.get("mountPath")) for m in c.get("volumeMounts") or []]
+        if hit.get("why"):
+            fail(f"{where}: --config={config_path} is the ConfigMap's tenantgate.yaml",
+                 f"{hit['why']}; mounts: {mounts}")
+        elif (hit["kind"], hit["name"], hit["key"]) != ("ConfigMap", cm_name, "tenantgate.yaml"):
+            fail(f"{where}: --config={config_path} is the ConfigMap's tenantgate.yaml",
+                 f"it is key {hit['key']} of {hit['kind']} {hit['name']} (volume {hit['volume']})")
+        elif hit["subPath"]:
+            fail(f"{where}: --config={config_path} is the ConfigMap's tenantgate.yaml",
+                 f"mounted with subPath {hit['subPath']}: the kubelet never updates it, so in-place reloads see no change")
+        else:
+            ok(f"{where}: --config={config_path} is key tenantgate.yaml of ConfigMap {cm_name} "
+               f"(volume {hit['volume']} at {hit['mountPath']})")
 
     admin = ((cfg or {}).get("admin") or {}).get("listen")
     check(admin is not None and str(admin).endswith(f":{ADMIN_PORT}"),
@@ -229,6 +315,35 @@ def cmd_configmap(rendered, out):
         port = ports.get(port, port)
         check(get.get("path") == path and port == ADMIN_PORT,
               f"{where}: tenantgate {probe} GET {path} on {ADMIN_PORT}", f"got {get}")
+
+    # Services of these Pods: every port reaches a declared container port, and tenantgate's data
+    # port is called https exactly when server.tls is set.
+    tls = ((cfg or {}).get("server") or {}).get("tls") is not None
+    labels = (w["spec"]["template"].get("metadata") or {}).get("labels") or {}
+    pod_ports = {}
+    for cc in containers(w):
+        for p in cc.get("ports") or []:
+            entry = (cc.get("name"), p.get("containerPort"))
+            pod_ports[p.get("containerPort")] = entry
+            if p.get("name"):
+                pod_ports[p["name"]] = entry
+    for svc in docs:
+        sel = (svc.get("spec") or {}).get("selector") or {}
+        if svc.get("kind") != "Service" or not sel or any(labels.get(k) != v for k, v in sel.items()):
+            continue
+        for sp in svc["spec"].get("ports") or []:
+            tp = sp.get("targetPort", sp.get("port"))
+            what = f"{where}: Service {svc['metadata']['name']} port {sp.get('name')} ({sp.get('port')}) -> {tp}"
+            target = pod_ports.get(tp)
+            if target is None:
+                fail(what, "no container port of the Pod has that name or number")
+            elif target[0] == "tenantgate" and target[1] in listen_ports(cfg):
+                named = str(sp.get("name") or "").startswith("https")
+                check(named == tls, f"{what}: tenantgate's {'TLS' if tls else 'plain HTTP'} data port",
+                      "server.tls is set: name the port https" if tls
+                      else "no server.tls: tenantgate speaks plain HTTP there, do not call it https")
+            else:
+                ok(f"{what}: {target[0]} port {target[1]}")
 
     grace = shutdown_grace(cfg)
     tgps = pod.get("terminationGracePeriodSeconds", 30)
@@ -247,6 +362,122 @@ def cmd_configmap(rendered, out):
                == "RuntimeDefault"),
           f"{where}: tenantgate securityContext (non-root, read-only root, no caps, seccomp)",
           f"container {sc}, pod {psc}")
+
+
+def config_files(cfg):
+    """Files and environment variables a tenantgate config reads besides itself, as
+    (key path, file path or None, env var or None, public). Public files (CA bundles) may come
+    from a ConfigMap; the rest must come from Secrets."""
+    out = []
+    cfg = cfg or {}
+    tls = ((cfg.get("server") or {}).get("tls")) or {}
+    for k in ("cert_file", "key_file", "client_ca_file"):
+        if tls.get(k):
+            out.append((f"server.tls.{k}", str(tls[k]), None, k == "client_ca_file"))
+    for name, u in (cfg.get("upstreams") or {}).items():
+        utls = (u or {}).get("tls") or {}
+        for k in ("ca_file", "cert_file", "key_file"):
+            if utls.get(k):
+                out.append((f"upstreams.{name}.tls.{k}", str(utls[k]), None, k == "ca_file"))
+    for i, ident in enumerate(cfg.get("identities") or []):
+        ident = ident or {}
+        ba = ident.get("basic_auth") or {}
+        if ba.get("htpasswd_file"):
+            out.append((f"identities[{i}].basic_auth.htpasswd_file", str(ba["htpasswd_file"]), None, False))
+        bt = ident.get("bearer_token") or {}
+        if bt.get("file"):
+            out.append((f"identities[{i}].bearer_token.file", str(bt["file"]), None, False))
+        if bt.get("env"):
+            out.append((f"identities[{i}].bearer_token.env", None, str(bt["env"]), False))
+    return out
+
+
+def unread_by_check(check_output):
+    """What `tenantgate check --syntax-only` said it did not read: file paths and $ENV names."""
+    files, envs = set(), set()
+    if not os.path.isfile(check_output):
+        return files, envs
+    with open(check_output) as f:
+        for line in f:
+            m = re.match(r"not read \(--syntax-only\): [^:]+: (.*)$", line.rstrip("\n"))
+            if not m:
+                continue
+            for v in m.group(1).split(", "):
+                if v.startswith("$"):
+                    envs.add(v[1:])
+                else:
+                    files.add(v)
+    return files, envs
+
+
+def cmd_secrets(rendered, config, check_output):
+    """Every file the config names exists in the Pod: a Secret key mounted at exactly that path."""
+    where = os.environ.get("CHECK_WHERE", rendered)
+    docs = load_all(rendered)
+    with open(config) as f:
+        cfg = yaml.safe_load(f)
+    refs = config_files(cfg)
+
+    # The syntax-only check lists what it skipped: anything this script does not know about is a
+    # key added to tenantgate after config_files() was written.
+    unread_files, unread_envs = unread_by_check(check_output)
+    unknown = sorted((unread_files - {p for _, p, _, _ in refs if p})
+                     | {"$" + e for e in unread_envs - {e for _, _, e, _ in refs if e}})
+    check(not unknown, f"{where}: every file `tenantgate check --syntax-only` left unread is checked here",
+          f"{unknown}: teach config_files() in deploy/check_manifests.py the config key that names it")
+    if not refs:
+        ok(f"{where}: the config reads no secret files")
+        return
+
+    tg = [(w, c) for w in workloads(docs) for c in containers(w) if c.get("name") == "tenantgate"]
+    if len(tg) != 1:
+        return fail(f"{where}: one tenantgate container", f"found {len(tg)}")
+    w, c = tg[0]
+    pod = w["spec"]["template"]["spec"]
+    config_path = flag_value(container_args(c), "--config") or CONFIG_PATH
+    base = os.path.dirname(config_path)
+    psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
+    uid = csc.get("runAsUser", psc.get("runAsUser"))
+    fs_group = psc.get("fsGroup")
+
+    by_path = {}
+    for key, path, env, public in refs:
+        if env is not None:
+            e = next((e for e in c.get("env") or [] if e.get("name") == env), None)
+            ref = ((e or {}).get("valueFrom") or {}).get("secretKeyRef")
+            check(ref is not None, f"{where}: {key} ${env} comes from a Secret",
+                  "no env entry with valueFrom.secretKeyRef by that name in the tenantgate container")
+            continue
+        full = os.path.normpath(path if os.path.isabs(path) else os.path.join(base, path))
+        keys, pub = by_path.get(full, ([], True))
+        by_path[full] = (keys + [key], pub and public)
+
+    for full, (keys, public) in sorted(by_path.items()):
+        what = f"{where}: {', '.join(keys)} {full}"
+        hit = mounted_file(pod, c, full)
+        if hit.get("why"):
+            fail(what, f"not mounted: {hit['why']}")
+            continue
+        src = f"{hit['kind']} {hit['name']} key {hit['key']} (volume {hit['volume']} at {hit['mountPath']})"
+        mode = hit["mode"]
+        readable = (uid == 0 or mode & 0o004
+                    or (mode & 0o040 and fs_group is not None))
+        if hit["kind"] != "Secret" and not public:
+            fail(what, f"is {src}: credentials and keys belong in a Secret")
+        elif hit["optional"]:
+            fail(what, f"is {src}, marked optional: the Pod would start without it")
+        elif hit["subPath"]:
+            fail(what, f"is {src} through subPath {hit['subPath']}: the kubelet never updates "
+                       "subPath mounts, so rotated secrets would never reach a reload")
+        elif hit["mount"].get("readOnly") is not True:
+            fail(what, f"is {src}: set readOnly: true on the mount")
+        elif not readable:
+            fail(what, f"is {src}, mode {octal(mode)}, owner root, group "
+                       f"{fs_group if fs_group is not None else 'root (no fsGroup)'}: "
+                       f"uid {uid if uid is not None else 'of the image'} cannot read it; "
+                       "give the group read access and set the Pod's fsGroup")
+        else:
+            ok(f"{what} = {src}, mode {octal(mode)}" + (f", group {fs_group}" if fs_group is not None else ""))
 
 
 def cmd_thanos_k8s(rendered, config):
@@ -504,7 +735,8 @@ def cmd_systemd(path):
 
 
 def main(argv):
-    cmds = {"configmap": (cmd_configmap, 2), "thanos-k8s": (cmd_thanos_k8s, 2), "compose": (cmd_compose, 2),
+    cmds = {"configmap": (cmd_configmap, 2), "secrets": (cmd_secrets, 3), "thanos-k8s": (cmd_thanos_k8s, 2),
+            "compose": (cmd_compose, 2),
             "dockerfile": (cmd_dockerfile, 1), "systemd": (cmd_systemd, 1)}
     if len(argv) < 2 or argv[1] not in cmds or len(argv) - 2 != cmds[argv[1]][1]:
         print(__doc__, file=sys.stderr)
