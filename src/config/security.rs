@@ -27,6 +27,11 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Builds the identities, reading token files, environment variables and htpasswd files.
+/// Names every identity in the file (valid or not), for route references.
+pub(super) fn identity_names(raw: &[Spanned<RawIdentity>]) -> Vec<String> {
+    raw.iter().map(|r| r.value.name.clone()).collect()
+}
+
 pub(super) fn identities(
     errs: &mut Errors,
     raw: &[Spanned<RawIdentity>],
@@ -260,7 +265,7 @@ pub(super) fn tenant_source(
                         "allow and aliases belong to `from: header`",
                     );
                 }
-                if identities.is_empty() {
+                if identities.is_empty() && errs.identity_names.is_empty() {
                     errs.at(
                         &key,
                         Some(raw),
@@ -270,9 +275,11 @@ pub(super) fn tenant_source(
                 }
                 let allowed = src.identities.as_ref().map(|list| {
                     for name in list {
-                        if identities.get(name).is_none() {
+                        // An identity that failed its own checks is already reported; naming it
+                        // again as unknown on every route would only bury that error.
+                        if identities.get(name).is_none() && !errs.identity_names.contains(name) {
                             let known: Vec<&str> =
-                                identities.iter().map(|i| i.name.as_ref()).collect();
+                                errs.identity_names.iter().map(String::as_str).collect();
                             errs.at(
                                 format!("{key}.identities"),
                                 Some(raw),

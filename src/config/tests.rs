@@ -296,3 +296,21 @@ fn hostile_yaml_fails_fast_with_an_error() {
     assert!(load_str("").is_err());
     assert!(load_str("---\na: 1\n---\nb: 2\n").is_err());
 }
+
+#[test]
+fn a_broken_identity_is_reported_once_not_again_on_every_route() {
+    let yaml = MINIMAL.replace(
+        "    tenant: team-a\n",
+        "    tenant: { from: identity, identities: [bot] }\n",
+    ) + "identities:\n  - name: bot\n    tenant: team-a\n    bearer_token: { file: /nonexistent/token }\n";
+    let e = load_str(&yaml).unwrap_err();
+    let paths: Vec<&str> = e.errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["identities[0].bearer_token.file"], "{e}");
+    let typo = yaml.replace("identities: [bot]", "identities: [bto]");
+    assert!(
+        load_str(&typo)
+            .unwrap_err()
+            .to_string()
+            .contains("unknown identity \"bto\" (known: bot)")
+    );
+}

@@ -49,6 +49,8 @@ pub(super) struct Errors {
     pub(super) syntax_only: bool,
     /// What `syntax_only` left unread, for `check` to say so.
     pub(super) skipped: Vec<String>,
+    /// Every identity name in the file, including ones that failed validation.
+    pub(super) identity_names: Vec<String>,
 }
 
 impl Errors {
@@ -567,6 +569,7 @@ pub fn validate(
         base_dir: overrides.base_dir.clone(),
         syntax_only: overrides.syntax_only,
         skipped: Vec::new(),
+        identity_names: super::security::identity_names(&raw.identities),
     };
 
     if let Some(url) = &overrides.upstream {
