@@ -432,8 +432,10 @@ def main():
     global NGINX
     NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
     workdir = tempfile.mkdtemp(prefix="tenantgate-bench-")
+    os.chmod(workdir, 0o755)  # NGINX workers run as an unprivileged user when started by root
     with open(os.path.join(workdir, "big.bin"), "wb") as f:
         f.truncate(args.stream_bytes)  # sparse: reading it costs no disk I/O
+    os.chmod(os.path.join(workdir, "big.bin"), 0o644)
     procs = []
     results = []
     try:

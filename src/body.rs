@@ -28,7 +28,10 @@ pin_project_lite::pin_project! {
         Upstream {
             #[pin] inner: Incoming,
             idle: Duration,
-            #[pin] timer: Sleep,
+            // Armed only when the upstream makes us wait, and re-armed only after progress: most
+            // responses arrive in one piece and never touch the timer wheel.
+            timer: Option<Pin<Box<Sleep>>>,
+            progressed: bool,
         },
     }
 }
@@ -49,7 +52,8 @@ impl ProxyBody {
         ProxyBody::Upstream {
             inner,
             idle,
-            timer: tokio::time::sleep(idle),
+            timer: None,
+            progressed: false,
         }
     }
 }
@@ -67,15 +71,28 @@ impl Body for ProxyBody {
             ProxyBodyProj::Upstream {
                 inner,
                 idle,
-                mut timer,
+                timer,
+                progressed,
             } => match inner.poll_frame(cx) {
                 Poll::Ready(frame) => {
-                    timer.as_mut().reset(Instant::now() + *idle);
+                    *progressed = true;
                     Poll::Ready(frame.map(|f| f.map_err(BoxError::from)))
                 }
                 Poll::Pending => {
-                    ready!(timer.poll(cx));
-                    Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)))))
+                    let deadline = Instant::now() + *idle;
+                    match timer {
+                        Some(t) if *progressed => t.as_mut().reset(deadline),
+                        Some(_) => {}
+                        None => *timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
+                    *progressed = false;
+                    match timer.as_mut() {
+                        Some(t) => {
+                            ready!(t.as_mut().poll(cx));
+                            Poll::Ready(Some(Err(Box::new(IdleTimeout(*idle)))))
+                        }
+                        None => Poll::Pending,
+                    }
                 }
             },
         }

@@ -35,6 +35,10 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
+    /// Worker threads serving requests (default: one per CPU). With 1, a single-threaded
+    /// scheduler runs everything, like one NGINX worker process.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     /// Write one access-log line per request.
     #[arg(long = "log.access", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     log_access: bool,
@@ -152,16 +156,32 @@ fn main() -> ExitCode {
                 AppOptions {
                     access_log: cli.log_access,
                 },
+                cli.threads,
             )
         }
     }
 }
 
-fn serve(config: Config, source: ConfigSource, options: AppOptions) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn serve(
+    config: Config,
+    source: ConfigSource,
+    options: AppOptions,
+    threads: Option<u16>,
+) -> ExitCode {
+    let runtime = match threads {
+        // One thread: no work-stealing, no cross-thread wake-ups.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tenantgate: cannot start the async runtime: {e}");
