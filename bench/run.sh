@@ -19,7 +19,7 @@ if ! command -v oha >/dev/null 2>&1; then
         echo "bench: oha not installed; the smoke run skips the fixed-rate latency case"
     else
         echo "bench: installing oha (open-loop load generator) with cargo"
-        cargo install oha --locked --no-default-features
+        cargo install oha --locked
     fi
 fi
 export PATH="$HOME/.cargo/bin:$PATH"
