@@ -304,6 +304,7 @@ fn serve_connection(
             // the handshake still waits for this connection's requests.
             let watcher = graceful.watcher();
             tokio::spawn(async move {
+                // The two arms differ only in the stream type, so each serves its own.
                 let result = match tls {
                     None => {
                         let info = ConnInfo {
@@ -311,13 +312,9 @@ fn serve_connection(
                             tls: false,
                             peer: None,
                         };
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection(TokioIo::new(stream), data_service(app, info))
-                                    .into_owned(),
-                            )
-                            .await
+                        let conn =
+                            builder.serve_connection(TokioIo::new(stream), data_service(app, info));
+                        watcher.watch(conn.into_owned()).await
                     }
                     Some(tls) => {
                         let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
@@ -349,13 +346,9 @@ fn serve_connection(
                             tls: true,
                             peer,
                         };
-                        watcher
-                            .watch(
-                                builder
-                                    .serve_connection(TokioIo::new(stream), data_service(app, info))
-                                    .into_owned(),
-                            )
-                            .await
+                        let conn =
+                            builder.serve_connection(TokioIo::new(stream), data_service(app, info));
+                        watcher.watch(conn.into_owned()).await
                     }
                 };
                 if let Err(e) = result {

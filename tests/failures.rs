@@ -142,16 +142,31 @@ async fn a_stream_that_goes_quiet_longer_than_the_idle_timeout_is_cut() {
     let up = Upstream::start().await;
     let gate = Gate::start(SIDECAR, &up.url()).await;
     // 10 chunks 3 s apart; the upstream's idle timeout is 2 s.
-    let resp = client().request(Request::get(gate.url("/drip/30000")).body(empty()).unwrap()).await.expect("response headers arrive");
+    let resp = client()
+        .request(Request::get(gate.url("/drip/30000")).body(empty()).unwrap())
+        .await
+        .expect("response headers arrive");
     assert_eq!(resp.status(), 200);
     let started = tokio::time::Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect()).await.expect("cut well before the stream's 30 s");
-    assert!(result.is_err(), "the body should end in an error, not look complete");
-    assert!(started.elapsed() >= Duration::from_millis(1500), "cut too early: {:?}", started.elapsed());
+    let result = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
+        .await
+        .expect("cut well before the stream's 30 s");
+    assert!(
+        result.is_err(),
+        "the body should end in an error, not look complete"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "cut too early: {:?}",
+        started.elapsed()
+    );
     let admin = gate.admin.unwrap();
     let (_, _, body) = get(&format!("http://{admin}/metrics")).await;
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains(r#"tenantgate_upstream_errors_total{upstream="mimir",kind="timeout"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"tenantgate_upstream_errors_total{upstream="mimir",kind="timeout"} 1"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -160,7 +175,15 @@ async fn a_slow_but_steady_stream_is_not_cut() {
     let up = Upstream::start().await;
     let gate = Gate::start(SIDECAR, &up.url()).await;
     // 10 chunks 0.4 s apart: 4 s in all, longer than the 2 s idle timeout, but never idle that long.
-    let resp = client().request(Request::get(gate.url("/drip/4000")).body(empty()).unwrap()).await.unwrap();
-    let body = resp.into_body().collect().await.expect("complete").to_bytes();
+    let resp = client()
+        .request(Request::get(gate.url("/drip/4000")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("complete")
+        .to_bytes();
     assert_eq!(body.len(), 10 * 1024);
 }

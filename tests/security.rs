@@ -370,32 +370,26 @@ async fn an_identity_not_allowed_on_a_route_gets_403() {
     assert!(s.up.requests().is_empty());
 }
 
+/// GET `path` through tenantgate with a client certificate.
+async fn curl_with_cert(s: &Setup, cert: &(PathBuf, PathBuf), path: &str) -> Curl {
+    let (c, k) = (cert.0.display().to_string(), cert.1.display().to_string());
+    curl(
+        &["--cacert", &s.ca(), "--cert", &c, "--key", &k],
+        &s.url(path),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_certificate_maps_to_its_tenant() {
     let s = Setup::new("cert", "optional").await;
-    let (cert, key) = s.pki.issue("sidecar", "sidecar-eu", &[], false, true);
-    let (cert, key) = (cert.display().to_string(), key.display().to_string());
-    let r = curl(
-        &["--cacert", &s.ca(), "--cert", &cert, "--key", &key],
-        &s.url("/prometheus/api/v1/labels"),
-    )
-    .await;
+    let sidecar = s.pki.issue("sidecar", "sidecar-eu", &[], false, true);
+    let r = curl_with_cert(&s, &sidecar, "/prometheus/api/v1/labels").await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(s.up.last().all("x-scope-orgid"), ["team-d"]);
 
-    let (cert, key) = s.pki.issue("stranger", "stranger", &[], false, true);
-    let r = curl(
-        &[
-            "--cacert",
-            &s.ca(),
-            "--cert",
-            &cert.display().to_string(),
-            "--key",
-            &key.display().to_string(),
-        ],
-        &s.url("/prometheus/api/v1/labels"),
-    )
-    .await;
+    let stranger = s.pki.issue("stranger", "stranger", &[], false, true);
+    let r = curl_with_cert(&s, &stranger, "/prometheus/api/v1/labels").await;
     assert_eq!(
         r.status, 401,
         "a certificate with no identity must not pass"
@@ -405,13 +399,9 @@ async fn a_client_certificate_maps_to_its_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn required_client_certificates_are_enforced_in_the_handshake() {
     let s = Setup::new("mtls-required", "required").await;
+    let bearer = format!("Authorization: Bearer {READER_TOKEN}");
     let without = curl(
-        &[
-            "--cacert",
-            &s.ca(),
-            "-H",
-            &format!("Authorization: Bearer {READER_TOKEN}"),
-        ],
+        &["--cacert", &s.ca(), "-H", &bearer],
         &s.url("/prometheus/api/v1/labels"),
     )
     .await;
@@ -423,36 +413,22 @@ async fn required_client_certificates_are_enforced_in_the_handshake() {
 
     // A certificate from another CA is refused too.
     let other = Pki::new("other-ca");
-    let (cert, key) = other.issue("sidecar", "sidecar-eu", &[], false, true);
-    let foreign = curl(
-        &[
-            "--cacert",
-            &s.ca(),
-            "--cert",
-            &cert.display().to_string(),
-            "--key",
-            &key.display().to_string(),
-        ],
-        &s.url("/prometheus/api/v1/labels"),
+    let foreign = curl_with_cert(
+        &s,
+        &other.issue("sidecar", "sidecar-eu", &[], false, true),
+        "/prometheus/api/v1/labels",
     )
     .await;
     assert_ne!(foreign.exit, 0);
 
-    let (cert, key) = s.pki.issue("sidecar", "sidecar-eu", &[], false, true);
-    let with = curl(
-        &[
-            "--cacert",
-            &s.ca(),
-            "--cert",
-            &cert.display().to_string(),
-            "--key",
-            &key.display().to_string(),
-        ],
-        &s.url("/prometheus/api/v1/labels"),
+    let with = curl_with_cert(
+        &s,
+        &s.pki.issue("sidecar", "sidecar-eu", &[], false, true),
+        "/prometheus/api/v1/labels",
     )
     .await;
     assert_eq!(with.status, 200);
-    assert!(s.up.requests().len() == 1);
+    assert_eq!(s.up.requests().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -293,27 +293,7 @@ impl Gate {
         let yaml = yaml.replace("{UPSTREAM}", upstream_url);
         let config = from_yaml(&yaml, "test.yaml", &Overrides::default())
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
-        let server = Server::bind(
-            config,
-            ConfigSource::default(),
-            AppOptions { access_log: false },
-        )
-        .await
-        .expect("bind tenantgate");
-        let addr = server.data_addrs()[0];
-        let admin = server.admin_addrs().first().copied();
-        let handle = server.handle();
-        let (tx, rx) = oneshot::channel::<()>();
-        let done = tokio::spawn(server.run(async move {
-            let _ = rx.await;
-        }));
-        Gate {
-            addr,
-            admin,
-            handle,
-            stop: Some(tx),
-            done: Some(done),
-        }
+        Gate::serve(config, ConfigSource::default()).await
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -329,6 +309,10 @@ impl Gate {
         let config = source
             .load()
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+        Gate::serve(config, source).await
+    }
+
+    async fn serve(config: tenantgate::config::Config, source: ConfigSource) -> Gate {
         let server = Server::bind(config, source, AppOptions { access_log: false })
             .await
             .expect("bind tenantgate");
