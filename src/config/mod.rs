@@ -9,6 +9,7 @@
 //! ```
 
 pub mod raw;
+mod routes;
 mod security;
 pub mod units;
 mod validate;

@@ -1,0 +1,246 @@
+//! One request as telemetry sees it: metrics and the access-log line, recorded when the
+//! response body is finished (or abandoned), so durations and byte counts cover the whole stream.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::Method;
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::metrics::{Metrics, RequestLabels, RouteLabels, RouteTenantLabels, method_label};
+use crate::body::{BoxError, IdleTimeout};
+use crate::error::UpstreamErrorKind;
+
+/// Everything known about one request; recorded (metrics and one access-log line) when dropped,
+/// that is when the response body has been sent or abandoned.
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+    start: Instant,
+    pub method: Method,
+    /// Normalized path, without the query string (which may carry secrets).
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub tenant: Option<Arc<str>>,
+    pub tenant_origin: Option<&'static str>,
+    /// Name of the authenticated identity (never its credential).
+    pub identity: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    pub status: u16,
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: u64,
+    /// Why tenantgate answered with an error itself, or why the response stream broke.
+    pub error: Option<String>,
+    in_flight: Option<Gauge>,
+}
+
+const NONE: &str = "none";
+
+impl Exchange {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool, method: Method, path: String) -> Self {
+        Exchange {
+            metrics,
+            access_log,
+            start: Instant::now(),
+            method,
+            path,
+            route: None,
+            tenant: None,
+            tenant_origin: None,
+            identity: None,
+            upstream: None,
+            status: 0,
+            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_out: 0,
+            error: None,
+            in_flight: None,
+        }
+    }
+
+    /// Marks the request as served by `route` (counts it in flight until recorded).
+    pub fn set_route(&mut self, route: &Arc<str>) {
+        let g = self
+            .metrics
+            .in_flight
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .clone();
+        g.inc();
+        self.in_flight = Some(g);
+        self.route = Some(route.clone());
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        if let Some(g) = self.in_flight.take() {
+            g.dec();
+        }
+        let none: Arc<str> = Arc::from(NONE);
+        let route = self.route.clone().unwrap_or_else(|| none.clone());
+        let tenant = self.tenant.clone().unwrap_or(none);
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let m = &self.metrics;
+        m.requests
+            .get_or_create(&RequestLabels {
+                route: route.clone(),
+                tenant: tenant.clone(),
+                method: method_label(&self.method),
+                code: self.status,
+            })
+            .inc();
+        m.duration
+            .get_or_create(&RouteTenantLabels {
+                route: route.clone(),
+                tenant: tenant.clone(),
+            })
+            .observe(elapsed.as_secs_f64());
+        if bytes_in > 0 {
+            m.request_bytes
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .inc_by(bytes_in);
+        }
+        if self.bytes_out > 0 {
+            m.response_bytes
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                })
+                .inc_by(self.bytes_out);
+        }
+        if self.access_log {
+            tracing::info!(
+                target: "tenantgate::access",
+                route = &*route,
+                tenant = &*tenant,
+                tenant_from = self.tenant_origin.unwrap_or(NONE),
+                identity = self.identity.as_deref().unwrap_or(""),
+                upstream = self.upstream.as_deref().unwrap_or(NONE),
+                method = self.method.as_str(),
+                path = self.path.as_str(),
+                status = self.status,
+                duration_ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0).as_str(),
+                bytes_in,
+                bytes_out = self.bytes_out,
+                error = self.error.as_deref().unwrap_or(""),
+                "request"
+            );
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts what it sends and records its [`Exchange`] when dropped.
+    pub struct Metered<B> {
+        #[pin]
+        inner: B,
+        exchange: Option<Box<Exchange>>,
+    }
+}
+
+impl<B> Metered<B> {
+    pub fn new(inner: B, exchange: Box<Exchange>) -> Self {
+        Metered {
+            inner,
+            exchange: Some(exchange),
+        }
+    }
+}
+
+impl<B> Body for Metered<B>
+where
+    B: Body<Data = Bytes, Error = BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Some(ex) = this.exchange.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        ex.bytes_out += d.len() as u64;
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let kind = if e.is::<IdleTimeout>() {
+                        UpstreamErrorKind::Timeout
+                    } else {
+                        UpstreamErrorKind::Reset
+                    };
+                    if let Some(u) = ex.upstream.clone() {
+                        ex.metrics.upstream_error(&u, kind);
+                    }
+                    ex.error = Some(format!("response body: {e}"));
+                }
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exchange_is_counted_when_dropped() {
+        let m = Arc::new(Metrics::new());
+        let route: Arc<str> = Arc::from("r");
+        {
+            let mut ex = Exchange::new(m.clone(), false, Method::GET, "/x".into());
+            ex.set_route(&route);
+            ex.tenant = Some(Arc::from("t"));
+            ex.status = 200;
+            assert_eq!(
+                m.in_flight
+                    .get_or_create(&RouteLabels {
+                        route: route.clone()
+                    })
+                    .get(),
+                1
+            );
+        }
+        assert_eq!(
+            m.in_flight
+                .get_or_create(&RouteLabels {
+                    route: route.clone()
+                })
+                .get(),
+            0
+        );
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"tenantgate_requests_total{route="r",tenant="t",method="GET",code="200"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! What tenantgate tells its operators: logs ([`log`]), metrics ([`metrics`]), and
+//! [`Exchange`], which records one request in both when its response body is finished.
+
+mod exchange;
+mod log;
+mod metrics;
+
+pub use exchange::{Exchange, Metered};
+pub use log::{LogFormat, LogLevel, init_logging};
+pub use metrics::{
+    EmulatedLabels, Metrics, OPENMETRICS, RequestLabels, RouteLabels, RouteTenantLabels,
+    UpstreamErrorLabels, UpstreamLabels, method_label, openmetrics_to_text,
+};
