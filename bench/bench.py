@@ -6,7 +6,7 @@ upstream directly, on loopback, against the same NGINX upstream.
     bash bench/run.sh --smoke    # a few seconds per case, writes nothing (CI)
 
 Everything measured here is measured the same way for every setup: proxies get one worker
-(NGINX worker_processes 1, tenantgate TOKIO_WORKER_THREADS=1) pinned to CPU 0; the load
+(NGINX worker_processes 1, tenantgate --threads 1) pinned to CPU 0; the load
 generators and the upstream run on the other CPUs. Access logs are off everywhere.
 """
 
@@ -331,12 +331,30 @@ def measure(name, front, proxy_procs, args, workdir, headers=()):
     r["rss_idle"] = rss_kib(pids()) if proxy_procs else None
 
     wrk(base + "/prometheus/api/v1/labels", 1, headers)  # warm pools and caches
-    before = cpu_seconds(pids())
-    r["fwd_rps"], total = wrk(base + "/prometheus/api/v1/labels", args.seconds, headers)
-    used = cpu_seconds(pids()) - before
-    r["cpu_per_100k"] = used / total * 100_000 if proxy_procs else None
-    r["emu_rps"], _ = wrk(base + "/prometheus/api/v1/status/config", args.seconds, headers)
+    # Throughput: the median of several runs, since a shared VM varies by 10-15% run to run.
+    fwd, cpu, total = [], 0.0, 0
+    for _ in range(args.runs):
+        before = cpu_seconds(pids())
+        rps, n = wrk(base + "/prometheus/api/v1/labels", args.seconds, headers)
+        cpu += cpu_seconds(pids()) - before
+        total += n
+        fwd.append(rps)
+    r["fwd_rps"] = sorted(fwd)[len(fwd) // 2]
+    r["fwd_all"] = fwd
+    r["cpu_per_100k"] = cpu / total * 100_000 if proxy_procs else None
+    emu = [wrk(base + "/prometheus/api/v1/status/config", args.seconds, headers)[0] for _ in range(args.runs)]
+    r["emu_rps"] = sorted(emu)[len(emu) // 2]
     r["latency"] = oha_latency(base + "/prometheus/api/v1/labels", args.seconds, args.rate, headers)
+
+    # Streaming before the connection test: RSS after 1,000 connections would hide what
+    # streaming alone costs.
+    with Sampler(roots) as s:
+        down, _ = curl_speed([], base + "/prometheus/big", headers)
+        _, up = curl_speed(["-T", os.path.join(workdir, "big.bin"), "-X", "POST", "-H", "Content-Type: application/x-protobuf"],
+                           base + "/prometheus/api/v1/push-sink", headers)
+    r["stream_down_mbs"] = down / 1e6
+    r["stream_up_mbs"] = up / 1e6
+    r["stream_peak_rss"] = s.peak if proxy_procs else None
 
     if proxy_procs:
         with Sampler(roots) as s:
@@ -347,13 +365,6 @@ def measure(name, front, proxy_procs, args, workdir, headers=()):
     else:
         r["rss_1k"] = None
 
-    with Sampler(roots) as s:
-        down, _ = curl_speed([], base + "/prometheus/big", headers)
-        _, up = curl_speed(["-T", os.path.join(workdir, "big.bin"), "-X", "POST", "-H", "Content-Type: application/x-protobuf"],
-                           base + "/prometheus/api/v1/push-sink", headers)
-    r["stream_down_mbs"] = down / 1e6
-    r["stream_up_mbs"] = up / 1e6
-    r["stream_peak_rss"] = s.peak if proxy_procs else None
     return r
 
 
@@ -419,7 +430,8 @@ def targets(results):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="a few seconds per case; write nothing")
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=5, help="length of each load run")
+    ap.add_argument("--runs", type=int, default=3, help="throughput runs per case (the median is reported)")
     ap.add_argument("--rate", type=int, default=2000, help="fixed request rate for the latency run")
     ap.add_argument("--conns", type=int, default=1000)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "RESULTS.md"))
@@ -427,7 +439,7 @@ def main():
     args = ap.parse_args()
     args.stream_bytes = GIB
     if args.smoke:
-        args.seconds, args.rate, args.conns, args.stream_bytes = 1, 200, 100, 64 << 20
+        args.seconds, args.runs, args.rate, args.conns, args.stream_bytes = 1, 1, 200, 100, 64 << 20
 
     global NGINX
     NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -458,8 +470,7 @@ def main():
         cfg = os.path.join(workdir, "tenantgate.yaml")
         with open(cfg, "w") as f:
             f.write(TENANTGATE.format(port=tg_port, up=up_port, tenant=TENANT))
-        env = dict(os.environ, TOKIO_WORKER_THREADS="1")
-        tg = Proc("tenantgate", pin(PROXY_CPU) + [args.binary, "--config", cfg, "--log.access=false", "--log.level=warn"], tg_port, workdir, env=env)
+        tg = Proc("tenantgate", pin(PROXY_CPU) + [args.binary, "--config", cfg, "--threads", "1", "--log.access=false", "--log.level=warn"], tg_port, workdir)
         procs.append(tg)
         results.append(measure("tenantgate", tg_port, [tg], args, workdir))
         tg.stop()
@@ -483,8 +494,10 @@ def main():
     print(goals)
     if args.smoke:
         return
+    analysis = os.path.join(ROOT, "bench", "analysis.md")
+    notes = open(analysis).read() if os.path.exists(analysis) else ""
     with open(args.out, "w") as f:
-        f.write(render(meta, args, text, goals))
+        f.write(render(meta, args, text, goals) + ("\n" + notes if notes else ""))
     print(f"\nwrote {args.out}")
 
 
@@ -532,9 +545,9 @@ Run with `bash bench/run.sh` on {meta['date']}.
 
 - Machine: {meta['machine']}
 - Versions: {v['tenantgate']}; {v['nginx']}; {v['wrk']}; {v['oha']}; {v['curl'].split(' (')[0]}
-- Every proxy gets one worker (NGINX `worker_processes 1`, tenantgate `TOKIO_WORKER_THREADS=1`) pinned to CPU 0;
+- Every proxy gets one worker (NGINX `worker_processes 1`, tenantgate `--threads 1`) pinned to CPU 0;
   the load generators and the upstream NGINX share the other CPU(s). Access logs are off everywhere.
-- Throughput: `wrk -t1 -c32 -d{args.seconds}s` (closed loop). Latency: `oha -q {args.rate} -c 32 --latency-correction`
+- Throughput: `wrk -t1 -c32 -d{args.seconds}s` (closed loop), the median of {args.runs} runs. Latency: `oha -q {args.rate} -c 32 --latency-correction`
   (open loop, {args.seconds} s). CPU: the proxies' utime+stime during the throughput run. RSS: VmRSS of all the
   proxy's processes, sampled every 20 ms. Streaming: curl through the proxy, a {args.stream_bytes >> 20} MiB
   response (NGINX serving a sparse file) and a {args.stream_bytes >> 20} MiB request body (PUT-style POST with
