@@ -847,3 +847,75 @@ async fn tenantgate_answers_502_while_mimir_is_down_and_recovers_when_it_is_back
         .expect("labels before and after the restart, and the push, in the access log");
     assert!(after.iter().all(|l| l.tenant == "team-a"), "{after:#?}");
 }
+
+/// Runs `tenantgate check --probe` on a config file, returning (exit code, stdout).
+fn probe(config: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["check", "--probe", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tenantgate check --probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_probe_passes_against_the_stand_in_and_fails_readably_when_it_is_down() {
+    let Some(bins) = Binaries::require("preflight probe") else {
+        return;
+    };
+    let http = Http::new();
+    let mut mimir = StandIn::start(&bins, &http, "probe")
+        .await
+        .expect("start the Mimir stand-in");
+    let dir = TempDir::new("probe").expect("temp dir");
+    let config = dir
+        .write("tenantgate.yaml", sidecar_config(&mimir.url()).as_bytes())
+        .expect("write config");
+
+    let (code, report) = probe(&config);
+    assert_eq!(
+        code,
+        Some(0),
+        "the probe failed against a healthy stand-in:\n{report}"
+    );
+    for line in [
+        "ok    route prometheus: emulated endpoints satisfy a Thanos sidecar",
+        "ok    route prometheus: tenant team-a accepted (GET /prometheus/api/v1/labels -> 200)",
+        "ok    route prometheus: remote read streams chunks (POST /prometheus/api/v1/read -> 200)",
+        "ok    route remote-write: push endpoint reachable, tenant team-a accepted, nothing written",
+        "0 failed",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in:\n{report}");
+    }
+    // The probe wrote nothing: no push reached the stand-in's write endpoint.
+    let pushes = mimir.nginx.access_log().expect("access log");
+    assert!(
+        pushes
+            .iter()
+            .all(|l| l.method != "POST" || !l.request_uri.contains("/api/v1/push")),
+        "{pushes:?}"
+    );
+
+    mimir.nginx.stop().await.expect("stop the stand-in's NGINX");
+    let (code, report) = probe(&config);
+    assert_eq!(code, Some(1), "the probe passed with Mimir down:\n{report}");
+    assert!(
+        report.contains("FAIL  upstream mimir: unreachable at"),
+        "{report}"
+    );
+    assert!(
+        report
+            .contains("FAIL  route prometheus: remote read failed: upstream mimir: cannot connect"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .last()
+            .is_some_and(|l| l.ends_with("failed") && !l.ends_with(" 0 failed")),
+        "{report}"
+    );
+}
