@@ -187,3 +187,32 @@ async fn a_slow_but_steady_stream_is_not_cut() {
         .to_bytes();
     assert_eq!(body.len(), 10 * 1024);
 }
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
+    );
+    let gate = Gate::start(&yaml, &up.url()).await;
+    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    s.write_all(b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    // Kept alive, then idle: closed by the server within about the timeout.
+    let started = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the idle connection was not closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "expected EOF, got data");
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}
