@@ -58,7 +58,8 @@ struct SourceArgs {
     /// Override the URL of the config's only upstream.
     #[arg(long, value_name = "URL", global = true)]
     upstream: Option<String>,
-    /// Override the tenant of every route.
+    /// Override the tenant of every route that has a fixed tenant (routes that take it from the
+    /// caller's identity or a header keep their authentication).
     #[arg(long, value_name = "ID", global = true)]
     tenant: Option<String>,
     /// Override the data listen address (e.g. 127.0.0.1:9090 or :9090).
