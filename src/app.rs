@@ -103,6 +103,8 @@ impl Runtime {
 
 struct Shared {
     runtime: RwLock<Arc<Runtime>>,
+    /// `server.max_requests_in_flight`, as set at start.
+    in_flight: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     access_log: bool,
 }
@@ -161,6 +163,9 @@ impl App {
         metrics.config_loaded(true);
         Ok(App {
             shared: Arc::new(Shared {
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    runtime.config.server.max_requests_in_flight,
+                )),
                 runtime: RwLock::new(Arc::new(runtime)),
                 metrics,
                 access_log: options.access_log,
@@ -207,7 +212,18 @@ impl App {
             req.method().clone(),
             String::new(),
         ));
-        let resp = match self.route_and_serve(&runtime, req, &mut exchange).await {
+        // The permit lives in the exchange, so it is released when the response body is done.
+        let permit = self.shared.in_flight.clone().try_acquire_owned().ok();
+        let served = match permit {
+            Some(p) => {
+                exchange.hold(p);
+                self.route_and_serve(&runtime, req, &mut exchange).await
+            }
+            None => Err(ProxyError::Overloaded(
+                "too many requests in flight (server.max_requests_in_flight)",
+            )),
+        };
+        let resp = match served {
             Ok(resp) => resp,
             Err(e) => {
                 if let ProxyError::Upstream { kind, .. } = &e

@@ -66,6 +66,9 @@ pub enum ProxyError {
     NoOrgId,
     #[error("{0}")]
     BadTenantHeader(String),
+    /// Too many requests in flight, or credential checks queued: try again shortly.
+    #[error("overloaded: {0}; retry shortly")]
+    Overloaded(&'static str),
     #[error("upstream {upstream}: {detail}")]
     Upstream {
         upstream: String,
@@ -92,6 +95,7 @@ impl ProxyError {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
             ProxyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ProxyError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -104,6 +108,7 @@ impl ProxyError {
     pub fn fault(&self) -> Fault {
         match self {
             ProxyError::Upstream { .. } => Fault::Upstream,
+            ProxyError::Overloaded(_) => Fault::Internal,
             ProxyError::Internal(_) => Fault::Internal,
             _ => Fault::Client,
         }
@@ -113,6 +118,10 @@ impl ProxyError {
     pub fn to_response(&self) -> Response<ProxyBody> {
         let (status, error_type) = self.status();
         let mut resp = error_response(status, error_type, &self.to_string());
+        if let ProxyError::Overloaded(_) = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         if let ProxyError::Unauthenticated { challenges, .. } = self {
             for c in challenges {
                 resp.headers_mut()
@@ -182,6 +191,7 @@ mod tests {
             ),
             (ProxyError::NoOrgId, 401, "unauthorized"),
             (ProxyError::Forbidden("x".into()), 403, "forbidden"),
+            (ProxyError::Overloaded("x"), 503, "unavailable"),
             (upstream(UpstreamErrorKind::Connect), 502, "unavailable"),
             (upstream(UpstreamErrorKind::Reset), 502, "unavailable"),
             (upstream(UpstreamErrorKind::Tls), 502, "unavailable"),

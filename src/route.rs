@@ -37,6 +37,8 @@ pub enum PathError {
     Backslash,
     #[error("malformed percent-escape in the path")]
     BadEscape,
+    #[error("the path must be ASCII (percent-encode other bytes)")]
+    NonAscii,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -65,6 +67,9 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         match b {
+            // hyper lets UTF-8 through in request targets; RFC 3986 paths are ASCII, and a raw
+            // non-ASCII byte would be re-encoded differently by different upstreams.
+            0x80.. => return Err(PathError::NonAscii),
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
                 let (h, l) = match (
@@ -100,8 +105,8 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         }
         i += 1;
     }
-    // The input is a URI path, which hyper has already limited to ASCII, so byte-wise pushing
-    // above is exact. Segment checks run on the normalized form.
+    // Every byte was checked to be ASCII above, so pushing bytes as chars is exact. Segment
+    // checks run on the normalized form.
     let path: Cow<'_, str> = match out {
         Some(s) => Cow::Owned(s),
         None => Cow::Borrowed(raw),
@@ -366,6 +371,8 @@ mod tests {
         assert_eq!(norm("/a%"), Err(PathError::BadEscape));
         assert_eq!(norm("/a%4"), Err(PathError::BadEscape));
         assert_eq!(norm("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(norm("/a/é"), Err(PathError::NonAscii));
+        assert_eq!(norm("/%41é"), Err(PathError::NonAscii));
         assert_eq!(norm("//prometheus"), Err(PathError::EmptySegment));
         assert_eq!(norm("/a//b"), Err(PathError::EmptySegment));
     }

@@ -170,7 +170,12 @@ impl Server {
         builder
             .http2()
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
+            // Fewer streams per connection than hyper's 200: max_requests_in_flight is the real cap.
+            .max_concurrent_streams(100)
+            // Pings find dead peers; an HTTP/2 connection otherwise never times out.
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
         let graceful = Arc::new(GracefulShutdown::new());
         // The admin listener has its own connections and its own stop signal: it keeps

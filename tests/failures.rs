@@ -67,6 +67,7 @@ async fn unsafe_paths_are_rejected_with_400_before_routing() {
         "/a%5Cb",
         "//prometheus",
         "/a%zz",
+        "/prometheus/é",
     ] {
         let resp = raw(
             gate.addr,

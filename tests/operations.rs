@@ -400,3 +400,29 @@ async fn the_shutdown_delay_keeps_accepting_while_readiness_is_503() {
     assert_eq!(get(&gate.url("/prometheus/api/v1/labels")).await.0, 200);
     gate.stopped().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_max_requests_in_flight_get_503_with_retry_after() {
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  max_requests_in_flight: 2\n",
+    );
+    let gate = Gate::start(&yaml, &up.url()).await;
+    // Two streams hold both slots until their bodies are done.
+    let a = client()
+        .request(Request::get(gate.url("/drip/1500")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let b = client()
+        .request(Request::get(gate.url("/drip/1500")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    let (status, headers, body) = get(&gate.url("/prometheus/api/v1/labels")).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(json(&body)["errorType"], "unavailable");
+    a.into_body().collect().await.unwrap();
+    b.into_body().collect().await.unwrap();
+    assert_eq!(get(&gate.url("/prometheus/api/v1/labels")).await.0, 200);
+}

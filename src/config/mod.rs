@@ -56,6 +56,7 @@ pub struct ServerSettings {
     pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_requests_in_flight: usize,
     pub max_header_bytes: u64,
     pub max_headers: usize,
     /// TLS on the data listeners.

@@ -43,6 +43,9 @@ pub struct RawServer {
     pub header_read_timeout: Option<PromDuration>,
     /// Connections served at once; further connections wait in the accept queue. Default 10000.
     pub max_connections: Option<usize>,
+    /// Requests served at once, over all connections (HTTP/2 multiplexes many on one); more get
+    /// 503 with Retry-After. Default 4096.
+    pub max_requests_in_flight: Option<usize>,
     /// Largest request head (request line and headers); larger gets 431. Default 64KiB.
     pub max_header_bytes: Option<ByteSize>,
     /// Most request headers; more gets 431. Default 100.

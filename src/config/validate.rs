@@ -360,6 +360,7 @@ pub fn validate(
             .server
             .header_read_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
+        max_requests_in_flight: raw.server.max_requests_in_flight.unwrap_or(4096),
         max_connections: raw.server.max_connections.unwrap_or(10_000),
         max_header_bytes: raw.server.max_header_bytes.map_or(64 << 10, |s| s.0),
         max_headers: raw.server.max_headers.unwrap_or(100),
@@ -387,6 +388,9 @@ pub fn validate(
     ));
     if server.header_read_timeout.is_zero() {
         errs.at::<()>("server.header_read_timeout", None, "must be > 0, got 0s");
+    }
+    if server.max_requests_in_flight == 0 {
+        errs.at::<()>("server.max_requests_in_flight", None, "must be > 0");
     }
     if server.max_connections == 0 {
         errs.at::<()>("server.max_connections", None, "must be > 0");

@@ -37,6 +37,8 @@ pub struct Exchange {
     /// Why tenantgate answered with an error itself, or why the response stream broke.
     pub error: Option<String>,
     in_flight: Option<Gauge>,
+    /// The request's slot under `server.max_requests_in_flight`.
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 const NONE: &str = "none";
@@ -59,6 +61,7 @@ impl Exchange {
             bytes_out: 0,
             error: None,
             in_flight: None,
+            permit: None,
         }
     }
 
@@ -74,6 +77,11 @@ impl Exchange {
         g.inc();
         self.in_flight = Some(g);
         self.route = Some(route.clone());
+    }
+
+    /// Keeps the request's in-flight slot until the exchange is recorded.
+    pub fn hold(&mut self, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.permit = Some(permit);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
