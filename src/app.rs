@@ -347,6 +347,9 @@ impl App {
 /// kinds the route accepts.
 fn tenant_error(e: TenantError, source: &TenantSource, identities: &Identities) -> ProxyError {
     match e {
+        TenantError::Unauthenticated(crate::auth::AuthError::Busy) => {
+            ProxyError::Overloaded("credential checks are queued")
+        }
         TenantError::Unauthenticated(reason) => {
             let allowed = match source {
                 TenantSource::Identity { allowed, .. } => allowed.clone(),

@@ -23,6 +23,26 @@ const DUMMY_HASH: &str = "$2y$10$.vGA1O9wmRjrwAVXD98HNOgsNpDczlqm3Jq7KnEd1rVAGv3
 const CACHE_LIMIT: usize = 10_000;
 /// bcrypt checks running at once.
 const BCRYPT_PERMITS: usize = 4;
+/// Longest wait for a bcrypt slot; beyond it the caller gets 503 and retries, instead of a
+/// queue of wrong passwords delaying everyone.
+const BCRYPT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Successful basic-auth checks, by a digest of user, password and hash, to the identity's name.
+/// Process-wide, so a reload (which rebuilds [`Identities`]) keeps it: the hash is part of the
+/// key, so a changed password never matches an old entry.
+fn verified() -> &'static Mutex<HashMap<[u8; 32], Arc<str>>> {
+    static VERIFIED: std::sync::OnceLock<Mutex<HashMap<[u8; 32], Arc<str>>>> =
+        std::sync::OnceLock::new();
+    VERIFIED.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// bcrypt slots, process-wide for the same reason.
+fn bcrypt_slots() -> Arc<Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(BCRYPT_PERMITS)))
+        .clone()
+}
 
 /// What a client certificate must carry to be this identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,14 +112,16 @@ pub enum AuthError {
     Missing,
     #[error("invalid credentials")]
     Invalid,
+    /// Too many credential checks queued: the caller should retry shortly.
+    #[error("credential checks are queued; retry shortly")]
+    Busy,
 }
 
 /// Every configured identity.
 #[derive(Default)]
 pub struct Identities {
     list: Vec<Arc<Identity>>,
-    verified: Mutex<HashMap<[u8; 32], usize>>,
-    bcrypt: Option<Arc<Semaphore>>,
+    has_basic: bool,
 }
 
 impl std::fmt::Debug for Identities {
@@ -193,8 +215,7 @@ impl Identities {
             .any(|i| matches!(i.credential, Credential::Basic { .. }));
         Identities {
             list: list.into_iter().map(Arc::new).collect(),
-            verified: Mutex::new(HashMap::new()),
-            bcrypt: needs_bcrypt.then(|| Arc::new(Semaphore::new(BCRYPT_PERMITS))),
+            has_basic: needs_bcrypt,
         }
     }
 
@@ -284,16 +305,22 @@ impl Identities {
             h.finalize().into()
         };
         if let Some(n) = index
-            && let Ok(cache) = self.verified.lock()
-            && cache.get(&key) == Some(&n)
+            && let Ok(cache) = verified().lock()
+            && cache
+                .get(&key)
+                .is_some_and(|name| *name == self.list[n].name)
         {
             return Ok(self.list[n].clone());
         }
-        let permits = self.bcrypt.clone().ok_or(AuthError::Invalid)?;
-        let _permit = permits
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthError::Invalid)?;
+        if !self.has_basic {
+            return Err(AuthError::Invalid);
+        }
+        let _permit = match tokio::time::timeout(BCRYPT_WAIT, bcrypt_slots().acquire_owned()).await
+        {
+            Ok(Ok(p)) => p,
+            Ok(Err(_)) => return Err(AuthError::Invalid),
+            Err(_) => return Err(AuthError::Busy),
+        };
         let password = password.to_owned();
         let ok =
             tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
@@ -301,11 +328,11 @@ impl Identities {
                 .unwrap_or(false);
         match (ok, index) {
             (true, Some(n)) => {
-                if let Ok(mut cache) = self.verified.lock() {
+                if let Ok(mut cache) = verified().lock() {
                     if cache.len() >= CACHE_LIMIT {
                         cache.clear();
                     }
-                    cache.insert(key, n);
+                    cache.insert(key, self.list[n].name.clone());
                 }
                 Ok(self.list[n].clone())
             }
@@ -355,13 +382,14 @@ mod tests {
 
     #[tokio::test]
     async fn basic_auth_maps_to_its_tenant_and_is_cached() {
+        let _turn = BCRYPT_TESTS.lock().await;
         let ids = identities();
         let h = auth("Basic cHJvbTpzM2NyZXQ="); // prom:s3cret
         assert_eq!(
             ids.authenticate(&h, None).await.unwrap().tenant.as_str(),
             "team-a"
         );
-        assert_eq!(ids.verified.lock().unwrap().len(), 1);
+        assert!(verified().lock().unwrap().values().any(|n| &**n == "prom"));
         assert_eq!(
             ids.authenticate(&h, None).await.unwrap().name.as_ref(),
             "prom"
@@ -380,6 +408,43 @@ mod tests {
             ids.authenticate(&auth("Basic !!!"), None).await,
             Err(AuthError::Invalid)
         );
+    }
+
+    /// Tests that run bcrypt share the process-wide slots; they take turns.
+    static BCRYPT_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    #[tokio::test]
+    async fn the_login_cache_survives_a_reload_and_a_full_queue_answers_busy() {
+        let _turn = BCRYPT_TESTS.lock().await;
+        let hash = bcrypt::hash("reload-pass", 4).unwrap();
+        let make = || {
+            Identities::new(vec![Identity {
+                name: "reloader".into(),
+                tenant: tenant("team-r"),
+                credential: Credential::Basic {
+                    user: "reloader".into(),
+                    hash: hash.clone(),
+                },
+            }])
+        };
+        let h = auth("Basic cmVsb2FkZXI6cmVsb2FkLXBhc3M="); // reloader:reload-pass
+        assert!(make().authenticate(&h, None).await.is_ok());
+        // Every bcrypt slot taken: only a cached login can get through, and at once.
+        let held = bcrypt_slots()
+            .acquire_many_owned(BCRYPT_PERMITS as u32)
+            .await
+            .unwrap();
+        let rebuilt = make();
+        assert_eq!(
+            rebuilt.authenticate(&h, None).await.unwrap().name.as_ref(),
+            "reloader"
+        );
+        let wrong = auth("Basic cmVsb2FkZXI6bm9wZQ=="); // reloader:nope
+        assert_eq!(
+            rebuilt.authenticate(&wrong, None).await,
+            Err(AuthError::Busy)
+        );
+        drop(held);
     }
 
     #[tokio::test]
