@@ -22,6 +22,7 @@ pub mod app;
 pub mod auth;
 pub mod body;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod forward;
 pub mod probe;

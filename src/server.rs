@@ -9,22 +9,21 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
 use crate::app::{App, AppOptions, ConnInfo};
 use crate::config::{self, Config, Overrides};
+use crate::conn;
 
 /// Where a config came from, so that it can be read again on reload.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +54,7 @@ pub struct Server {
     admin: Vec<TcpListener>,
     max_connections: usize,
     header_read_timeout: Duration,
+    idle_timeout: Duration,
     max_headers: usize,
     max_header_bytes: usize,
     shutdown_grace: Duration,
@@ -108,6 +108,7 @@ impl Server {
         };
         let max_connections = config.server.max_connections;
         let header_read_timeout = config.server.header_read_timeout;
+        let idle_timeout = config.server.idle_timeout;
         let max_headers = config.server.max_headers;
         let max_header_bytes =
             usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX);
@@ -126,6 +127,7 @@ impl Server {
             admin,
             max_connections,
             header_read_timeout,
+            idle_timeout,
             max_headers,
             max_header_bytes,
             shutdown_grace,
@@ -177,15 +179,18 @@ impl Server {
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
         let builder = Arc::new(builder);
-        let graceful = Arc::new(GracefulShutdown::new());
-        // The admin listener has its own connections and its own stop signal: it keeps
-        // answering (readiness 503, metrics) while the data listeners drain, and a flood of
-        // data connections cannot starve health probes.
-        let admin_graceful = Arc::new(GracefulShutdown::new());
+        // Each connection holds a permit of its listener's semaphore until it is done, so the
+        // drain waits for all permits to come back. The admin listener has its own permits and
+        // stop signal: it keeps answering (readiness 503, metrics) while the data listeners
+        // drain, and a flood of data connections cannot starve health probes.
         let limit = Arc::new(Semaphore::new(self.max_connections));
         let admin_limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
+        let timeouts = ConnTimeouts {
+            header_read: self.header_read_timeout,
+            idle: self.idle_timeout,
+        };
 
         for addr in self.data_addrs() {
             tracing::info!(listener = "data", addr = %addr, "listening");
@@ -195,27 +200,27 @@ impl Server {
         }
         let mut accept_tasks = Vec::new();
         for l in self.data {
-            accept_tasks.push(tokio::spawn(accept_loop(
-                l,
-                Role::Data,
-                self.state.clone(),
-                builder.clone(),
-                graceful.clone(),
-                limit.clone(),
-                stop_rx.clone(),
-            )));
+            let ctx = Listener {
+                role: Role::Data,
+                state: self.state.clone(),
+                builder: builder.clone(),
+                limit: limit.clone(),
+                stop: stop_rx.clone(),
+                timeouts,
+            };
+            accept_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
         let mut admin_tasks = Vec::new();
         for l in self.admin {
-            admin_tasks.push(tokio::spawn(accept_loop(
-                l,
-                Role::Admin,
-                self.state.clone(),
-                builder.clone(),
-                admin_graceful.clone(),
-                admin_limit.clone(),
-                admin_stop_rx.clone(),
-            )));
+            let ctx = Listener {
+                role: Role::Admin,
+                state: self.state.clone(),
+                builder: builder.clone(),
+                limit: admin_limit.clone(),
+                stop: admin_stop_rx.clone(),
+                timeouts,
+            };
+            admin_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
 
         shutdown.await;
@@ -230,19 +235,37 @@ impl Server {
         for t in accept_tasks {
             let _ = t.await;
         }
-        let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        match tokio::time::timeout(self.shutdown_grace, graceful.shutdown()).await {
-            Ok(()) => tracing::info!("all connections closed"),
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.shutdown_grace, limit.acquire_many(all)).await {
+            Ok(_) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("shutdown grace period over; closing remaining connections"),
         }
         let _ = admin_stop_tx.send(true);
         for t in admin_tasks {
             let _ = t.await;
         }
-        let admin_graceful =
-            Arc::try_unwrap(admin_graceful).unwrap_or_else(|_| GracefulShutdown::new());
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin_graceful.shutdown()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            admin_limit.acquire_many(ADMIN_MAX_CONNECTIONS as u32),
+        )
+        .await;
     }
+}
+
+#[derive(Clone, Copy)]
+struct ConnTimeouts {
+    header_read: Duration,
+    idle: Duration,
+}
+
+/// What an accept loop needs to serve its connections.
+struct Listener {
+    role: Role,
+    state: Arc<State>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    timeouts: ConnTimeouts,
 }
 
 /// hyper's own HTTP/1 header count limit (parsed on the stack).
@@ -257,25 +280,17 @@ enum Role {
     Admin,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    role: Role,
-    state: Arc<State>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: Arc<GracefulShutdown>,
-    limit: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
     loop {
         // Wait for a free connection slot before accepting, so excess connections queue in the
         // kernel backlog instead of being accepted and starved.
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = stop.changed() => return,
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = ctx.stop.changed() => return,
         };
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = stop.changed() => return,
+            _ = ctx.stop.changed() => return,
         };
         let (stream, remote) = match accepted {
             Ok(x) => x,
@@ -287,97 +302,149 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        serve_connection(stream, remote, role, &state, &builder, &graceful, permit);
+        serve_connection(stream, remote, &ctx, permit);
     }
 }
 
 fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    role: Role,
-    state: &Arc<State>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    ctx: &Listener,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
-    match role {
-        Role::Data => {
-            let tls = state.app.runtime().config.server.tls.clone();
-            let app = state.app.clone();
-            let builder = builder.clone();
-            // The watcher is taken now, before the handshake, so a shutdown that starts during
-            // the handshake still waits for this connection's requests.
-            let watcher = graceful.watcher();
-            tokio::spawn(async move {
-                // The two arms differ only in the stream type, so each serves its own.
-                let result = match tls {
-                    None => {
-                        let info = ConnInfo {
-                            remote,
-                            tls: false,
-                            peer: None,
+    let tls = match ctx.role {
+        Role::Data => ctx.state.app.runtime().config.server.tls.clone(),
+        Role::Admin => None,
+    };
+    let (role, state, builder, stop, timeouts) = (
+        ctx.role,
+        ctx.state.clone(),
+        ctx.builder.clone(),
+        ctx.stop.clone(),
+        ctx.timeouts,
+    );
+    tokio::spawn(async move {
+        let activity = Arc::new(AtomicU64::new(0));
+        // The two arms differ only in the stream type, so each serves its own.
+        let result = match tls {
+            None => {
+                let mut stream = stream;
+                let Some(prefix) = conn::read_preface(&mut stream, timeouts.header_read).await
+                else {
+                    return;
+                };
+                let io = TokioIo::new(conn::Replay::new(prefix, stream));
+                let info = ConnInfo {
+                    remote,
+                    tls: false,
+                    peer: None,
+                };
+                match role {
+                    Role::Data => {
+                        let svc = DataService {
+                            app: state.app.clone(),
+                            info: Arc::new(info),
+                            activity: activity.clone(),
                         };
-                        let conn =
-                            builder.serve_connection(TokioIo::new(stream), data_service(app, info));
-                        watcher.watch(conn.into_owned()).await
-                    }
-                    Some(tls) => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                        let stream = match tokio::time::timeout(
-                            tls.handshake_timeout,
-                            acceptor.accept(stream),
+                        conn::drive(
+                            builder.serve_connection(io, svc).into_owned(),
+                            stop,
+                            timeouts.header_read,
+                            timeouts.idle,
+                            activity,
                         )
                         .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(remote = %remote, "TLS handshake timed out");
-                                return;
-                            }
+                    }
+                    Role::Admin => {
+                        let svc = AdminService {
+                            state: state.clone(),
+                            activity: activity.clone(),
                         };
-                        let peer = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| crate::tls::PeerNames::from_der(c))
-                            .map(Arc::new);
-                        let info = ConnInfo {
-                            remote,
-                            tls: true,
-                            peer,
-                        };
-                        let conn =
-                            builder.serve_connection(TokioIo::new(stream), data_service(app, info));
-                        watcher.watch(conn.into_owned()).await
+                        conn::drive(
+                            builder.serve_connection(io, svc).into_owned(),
+                            stop,
+                            timeouts.header_read,
+                            timeouts.idle,
+                            activity,
+                        )
+                        .await
+                    }
+                }
+            }
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                let mut stream = match tokio::time::timeout(
+                    tls.handshake_timeout,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(remote = %remote, "TLS handshake timed out");
+                        return;
                     }
                 };
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
-                }
-                drop(permit);
-            });
+                let peer = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| crate::tls::PeerNames::from_der(c))
+                    .map(Arc::new);
+                let Some(prefix) = conn::read_preface(&mut stream, timeouts.header_read).await
+                else {
+                    return;
+                };
+                let io = TokioIo::new(conn::Replay::new(prefix, stream));
+                let info = ConnInfo {
+                    remote,
+                    tls: true,
+                    peer,
+                };
+                let svc = DataService {
+                    app: state.app.clone(),
+                    info: Arc::new(info),
+                    activity: activity.clone(),
+                };
+                conn::drive(
+                    builder.serve_connection(io, svc).into_owned(),
+                    stop,
+                    timeouts.header_read,
+                    timeouts.idle,
+                    activity,
+                )
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
         }
-        Role::Admin => {
-            let state = state.clone();
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(admin(&state, req).await) }
-            });
-            let conn = graceful.watch(
-                builder
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .into_owned(),
-            );
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(permit);
-            });
-        }
+        drop(permit);
+    });
+}
+
+/// The admin listener's service.
+#[derive(Clone)]
+struct AdminService {
+    state: Arc<State>,
+    activity: Arc<AtomicU64>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for AdminService {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.activity.store(conn::mono_ms(), Ordering::Relaxed);
+        let state = self.state.clone();
+        Box::pin(async move { Ok(admin(&state, req).await) })
     }
 }
 
@@ -387,13 +454,8 @@ fn serve_connection(
 struct DataService {
     app: App,
     info: Arc<ConnInfo>,
-}
-
-fn data_service(app: App, info: ConnInfo) -> DataService {
-    DataService {
-        app,
-        info: Arc::new(info),
-    }
+    /// When the last request on this connection started ([`conn::mono_ms`]).
+    activity: Arc<AtomicU64>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for DataService {
@@ -403,6 +465,7 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
         std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        self.activity.store(conn::mono_ms(), Ordering::Relaxed);
         req.extensions_mut().insert((*self.info).clone());
         let app = self.app.clone();
         Box::pin(async move { Ok(app.handle(req).await) })

@@ -217,3 +217,81 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() 
         started.elapsed()
     );
 }
+
+/// Waits for the server to close `s`, returning how long that took.
+async fn closed_after(mut s: tokio::net::TcpStream, what: &str) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("{what}: the connection was still open after 5 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_and_half_preface_connections_are_closed_at_the_header_read_timeout_on_both_listeners()
+ {
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
+    );
+    let gate = Gate::start(&yaml, &up.url()).await;
+    let admin = gate.admin.unwrap();
+    for addr in [gate.addr, admin] {
+        for payload in [
+            &b""[..],
+            b"PRI * HTTP/2.0\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(payload).await.unwrap();
+            let took = closed_after(s, &format!("{addr} {payload:?}")).await;
+            assert!(
+                took >= Duration::from_millis(800),
+                "{addr} {payload:?}: closed too early ({took:?})"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  idle_timeout: 1s\n",
+    );
+    let gate = Gate::start(&yaml, &up.url()).await;
+    let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, TestBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(gate.url("/prometheus/api/v1/labels"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(
+        sender.send_request(req).await.expect("h2 request").status(),
+        200
+    );
+    let started = tokio::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the idle h2 connection was not closed")
+        .unwrap()
+        .ok();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "closed too early: {:?}",
+        started.elapsed()
+    );
+}

@@ -360,7 +360,7 @@ async fn an_identity_not_allowed_on_a_route_gets_403() {
         &s.url("/api/v1/push"),
     )
     .await;
-    assert_eq!(r.status, 403);
+    assert_eq!(r.status, 403, "curl exit {}, body {}", r.exit, r.body);
     assert!(
         r.body
             .contains("identity \\\"grafana-reader\\\" may not use this route"),

@@ -55,6 +55,7 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_in_flight: usize,
     pub max_header_bytes: u64,

@@ -39,8 +39,12 @@ pub struct RawServer {
     /// listeners, so load balancers that lag behind readiness send nothing into a closed port.
     /// Default 0s; 5s suits Kubernetes.
     pub shutdown_delay: Option<PromDuration>,
-    /// Time a client has to send complete request headers (slowloris guard). Default 30s.
+    /// Time a client has to send complete request headers (slowloris guard); also closes idle
+    /// HTTP/1 keep-alive connections. Default 30s.
     pub header_read_timeout: Option<PromDuration>,
+    /// An HTTP/2 connection on which no request starts for this long is closed gracefully.
+    /// Default 2m.
+    pub idle_timeout: Option<PromDuration>,
     /// Connections served at once; further connections wait in the accept queue. Default 10000.
     pub max_connections: Option<usize>,
     /// Requests served at once, over all connections (HTTP/2 multiplexes many on one); more get

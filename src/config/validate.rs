@@ -356,6 +356,10 @@ pub fn validate(
             .shutdown_grace
             .map_or(Duration::from_secs(30), |d| d.0),
         shutdown_delay: raw.server.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
+        idle_timeout: raw
+            .server
+            .idle_timeout
+            .map_or(Duration::from_secs(120), |d| d.0),
         header_read_timeout: raw
             .server
             .header_read_timeout
@@ -386,6 +390,9 @@ pub fn validate(
         &raw.identities,
         has_client_ca,
     ));
+    if server.idle_timeout.is_zero() {
+        errs.at::<()>("server.idle_timeout", None, "must be > 0, got 0s");
+    }
     if server.header_read_timeout.is_zero() {
         errs.at::<()>("server.header_read_timeout", None, "must be > 0, got 0s");
     }
