@@ -77,7 +77,7 @@ impl Runtime {
             }
             let reused = previous
                 .and_then(|p| p.upstreams.get(name.as_str()))
-                .filter(|u| format!("{:?}", u.settings) == format!("{settings:?}"))
+                .filter(|u| u.settings == *settings)
                 .cloned();
             let upstream = match reused {
                 Some(u) => u,
@@ -338,7 +338,7 @@ impl App {
         parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.extensions = http::Extensions::new();
-        let body = forward::upstream_body(body, route.max_request_body, ex.bytes_in.clone());
+        let body = forward::upstream_body(body, route.max_request_body, ex.count_request_bytes());
         upstream.send(Request::from_parts(parts, body)).await
     }
 }
@@ -396,5 +396,33 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let app = self.clone();
         Box::pin(async move { Ok(app.handle(req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, from_yaml};
+
+    fn config(timeout: &str) -> Config {
+        let yaml = format!(
+            "upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\n  b: {{ url: \"http://127.0.0.1:2\", timeouts: {{ connect: {timeout} }} }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: a, tenant: t }}\n"
+        );
+        from_yaml(&yaml, "test.yaml", &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn a_reload_keeps_the_pools_of_unchanged_upstreams_only() {
+        let metrics = Arc::new(Metrics::new());
+        let first = Runtime::new(config("5s"), None, &metrics).unwrap();
+        let second = Runtime::new(config("7s"), Some(&first), &metrics).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.upstreams["a"], &second.upstreams["a"]),
+            "unchanged upstream got a new pool"
+        );
+        assert!(
+            !Arc::ptr_eq(&first.upstreams["b"], &second.upstreams["b"]),
+            "changed upstream kept its old pool"
+        );
     }
 }

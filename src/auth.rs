@@ -16,8 +16,8 @@ use tokio::sync::Semaphore;
 use crate::tenant::TenantId;
 use crate::tls::PeerNames;
 
-/// A bcrypt hash that matches nothing: unknown users are checked against it, so a wrong user
-/// name takes as long as a wrong password.
+/// A valid bcrypt hash nobody knows the password of, standing in for hashes that
+/// `check --syntax-only` did not read.
 const DUMMY_HASH: &str = "$2y$10$.vGA1O9wmRjrwAVXD98HNOgsNpDczlqm3Jq7KnEd1rVAGv3Fykk1a";
 /// Remembered successful basic-auth checks (cleared when full).
 const CACHE_LIMIT: usize = 10_000;
@@ -121,7 +121,9 @@ pub enum AuthError {
 #[derive(Default)]
 pub struct Identities {
     list: Vec<Arc<Identity>>,
-    has_basic: bool,
+    /// The hash unknown users are checked against: a configured identity's own, so a wrong user
+    /// name costs exactly what a wrong password does. `None` without basic-auth identities.
+    decoy: Option<String>,
 }
 
 impl std::fmt::Debug for Identities {
@@ -210,12 +212,13 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 
 impl Identities {
     pub fn new(list: Vec<Identity>) -> Self {
-        let needs_bcrypt = list
-            .iter()
-            .any(|i| matches!(i.credential, Credential::Basic { .. }));
+        let decoy = list.iter().find_map(|i| match &i.credential {
+            Credential::Basic { hash, .. } => Some(hash.clone()),
+            _ => None,
+        });
         Identities {
             list: list.into_iter().map(Arc::new).collect(),
-            has_basic: needs_bcrypt,
+            decoy,
         }
     }
 
@@ -284,16 +287,20 @@ impl Identities {
         let decoded = base64_decode(encoded).ok_or(AuthError::Invalid)?;
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
-        let found =
-            self.list.iter().enumerate().find(
-                |(_, i)| matches!(&i.credential, Credential::Basic { user: u, .. } if u == user),
-            );
+        let Some(decoy) = &self.decoy else {
+            return Err(AuthError::Invalid);
+        };
+        let found = self
+            .list
+            .iter()
+            .enumerate()
+            .find_map(|(n, i)| match &i.credential {
+                Credential::Basic { user: u, hash } if u == user => Some((n, hash.clone())),
+                _ => None,
+            });
         let (index, hash) = match found {
-            Some((n, i)) => match &i.credential {
-                Credential::Basic { hash, .. } => (Some(n), hash.clone()),
-                _ => (None, DUMMY_HASH.to_owned()),
-            },
-            None => (None, DUMMY_HASH.to_owned()),
+            Some((n, hash)) => (Some(n), hash),
+            None => (None, decoy.clone()),
         };
         let key: [u8; 32] = {
             let mut h = Sha256::new();
@@ -311,9 +318,6 @@ impl Identities {
                 .is_some_and(|name| *name == self.list[n].name)
         {
             return Ok(self.list[n].clone());
-        }
-        if !self.has_basic {
-            return Err(AuthError::Invalid);
         }
         let _permit = match tokio::time::timeout(BCRYPT_WAIT, bcrypt_slots().acquire_owned()).await
         {
@@ -444,6 +448,13 @@ mod tests {
             rebuilt.authenticate(&wrong, None).await,
             Err(AuthError::Busy)
         );
+        // An unknown user is checked against the decoy hash too: it queues like a wrong password
+        // instead of failing fast and telling the caller the user does not exist.
+        let unknown = auth("Basic bm9ib2R5Om5vcGU="); // nobody:nope
+        assert_eq!(
+            rebuilt.authenticate(&unknown, None).await,
+            Err(AuthError::Busy)
+        );
         drop(held);
     }
 
@@ -523,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn the_dummy_hash_is_a_real_bcrypt_hash_so_unknown_users_cost_as_much() {
+    fn the_placeholder_hash_is_a_real_bcrypt_hash() {
         assert!(
             matches!(bcrypt::verify("anything", DUMMY_HASH), Ok(false)),
             "{:?}",

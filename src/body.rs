@@ -44,10 +44,6 @@ impl ProxyBody {
         }
     }
 
-    pub fn empty() -> Self {
-        ProxyBody::Full { data: None }
-    }
-
     pub fn upstream(inner: Incoming, idle: Duration) -> Self {
         ProxyBody::Upstream {
             inner,

@@ -115,17 +115,26 @@ impl<S: AsyncWrite> AsyncWrite for Replay<S> {
     }
 }
 
+/// How long a connection may wait, at each stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For the protocol preface, the first request, and (in hyper) each HTTP/1 request head.
+    pub header_read: Duration,
+    /// Between requests on an HTTP/2 connection.
+    pub idle: Duration,
+}
+
 /// Runs a connection to its end: shuts it down gracefully (in-flight requests finish) when the
-/// server drains, when no first request arrives within `first` (an HTTP/2 client that sent its
-/// preface and then nothing), or when no request has started for `idle` after that.
+/// server drains, when no first request arrives within `limits.header_read` (an HTTP/2 client that sent its
+/// preface and then nothing), or when no request has started for `limits.idle` after that.
 /// `activity` holds the [`mono_ms`] stamp of the last request start, 0 before the first.
 pub async fn drive<C: GracefulConnection>(
     conn: C,
     mut stop: watch::Receiver<bool>,
-    first: Duration,
-    idle: Duration,
+    limits: Limits,
     activity: Arc<AtomicU64>,
 ) -> Result<(), C::Error> {
+    let (first, idle) = (limits.header_read, limits.idle);
     let mut conn = std::pin::pin!(conn);
     let opened = mono_ms();
     let mut closing = false;

@@ -11,14 +11,6 @@ use crate::body::ProxyBody;
 use crate::route::PathError;
 use crate::tenant::InvalidTenant;
 
-/// Who caused an error: drives metrics labels and log levels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    Client,
-    Upstream,
-    Internal,
-}
-
 /// The kind of upstream failure, as the `kind` label of `tenantgate_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
@@ -102,15 +94,6 @@ impl ProxyError {
             } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "unavailable"),
             ProxyError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
-        }
-    }
-
-    pub fn fault(&self) -> Fault {
-        match self {
-            ProxyError::Upstream { .. } => Fault::Upstream,
-            ProxyError::Overloaded(_) => Fault::Internal,
-            ProxyError::Internal(_) => Fault::Internal,
-            _ => Fault::Client,
         }
     }
 
@@ -205,19 +188,6 @@ mod tests {
                 "{err}"
             );
         }
-    }
-
-    #[test]
-    fn faults_say_who_caused_it() {
-        assert_eq!(
-            upstream(UpstreamErrorKind::Connect).fault(),
-            Fault::Upstream
-        );
-        assert_eq!(
-            ProxyError::BadPath(PathError::DotSegment).fault(),
-            Fault::Client
-        );
-        assert_eq!(ProxyError::Internal("x".into()).fault(), Fault::Internal);
     }
 
     #[test]

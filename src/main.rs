@@ -271,19 +271,8 @@ fn describe(c: &Config) -> String {
         out,
         "\nroutes, in match order (exact paths first, then the longest prefix):"
     );
-    let mut order: Vec<&tenantgate::route::Route> = c
-        .routes
-        .iter()
-        .filter(|r| matches!(r.path, tenantgate::route::PathMatch::Exact(_)))
-        .collect();
-    let mut prefixes: Vec<&tenantgate::route::Route> = c
-        .routes
-        .iter()
-        .filter(|r| matches!(r.path, tenantgate::route::PathMatch::Prefix(_)))
-        .collect();
-    prefixes.sort_by_key(|r| std::cmp::Reverse(r.path.as_str().len()));
-    order.extend(prefixes);
-    for r in order {
+    let order = tenantgate::route::match_order(c.routes.iter().map(|r| &r.path));
+    for r in order.into_iter().map(|i| &c.routes[i]) {
         let kind = match r.path {
             tenantgate::route::PathMatch::Exact(_) => "=",
             tenantgate::route::PathMatch::Prefix(_) => "prefix",

@@ -239,33 +239,38 @@ pub struct RouteTable {
     prefixes: Vec<usize>,
 }
 
+/// Indexes of `paths` in the order they are tried: exact paths in file order, then prefixes,
+/// longest first (equal lengths keep file order). The route table and `tenantgate check` both
+/// use it, so what `check` prints is what the proxy does.
+pub fn match_order<'a>(paths: impl IntoIterator<Item = &'a PathMatch>) -> Vec<usize> {
+    let paths: Vec<&PathMatch> = paths.into_iter().collect();
+    let mut order: Vec<usize> = (0..paths.len())
+        .filter(|&i| matches!(paths[i], PathMatch::Exact(_)))
+        .collect();
+    let mut prefixes: Vec<usize> = (0..paths.len())
+        .filter(|&i| matches!(paths[i], PathMatch::Prefix(_)))
+        .collect();
+    prefixes.sort_by_key(|&i| std::cmp::Reverse(paths[i].as_str().len()));
+    order.extend(prefixes);
+    order
+}
+
 impl RouteTable {
     pub fn new(routes: Vec<Route>) -> Self {
         let routes: Vec<Arc<Route>> = routes.into_iter().map(Arc::new).collect();
         let mut exact: HashMap<String, Vec<usize>> = HashMap::new();
         let mut prefixes = Vec::new();
-        for (i, r) in routes.iter().enumerate() {
-            match &r.path {
+        for i in match_order(routes.iter().map(|r| &r.path)) {
+            match &routes[i].path {
                 PathMatch::Exact(p) => exact.entry(p.clone()).or_default().push(i),
                 PathMatch::Prefix(_) => prefixes.push(i),
             }
         }
-        prefixes.sort_by_key(|&i| std::cmp::Reverse(routes[i].path.as_str().len()));
         RouteTable {
             routes,
             exact,
             prefixes,
         }
-    }
-
-    /// Routes in the order they are tried: exact paths first, then prefixes, longest first.
-    pub fn in_match_order(&self) -> impl Iterator<Item = &Arc<Route>> {
-        let mut exact: Vec<usize> = self.exact.values().flatten().copied().collect();
-        exact.sort_unstable();
-        exact
-            .into_iter()
-            .chain(self.prefixes.iter().copied())
-            .map(move |i| &self.routes[i])
     }
 
     pub fn routes(&self) -> &[Arc<Route>] {
@@ -446,6 +451,18 @@ mod tests {
         assert_eq!(found(&t, "/api/v1/push", &get, None), Some("push"));
         assert_eq!(found(&t, "/api/v1/push/x", &get, None), Some("api"));
         assert_eq!(found(&t, "/other", &get, None), Some("root"));
+    }
+
+    #[test]
+    fn match_order_is_exact_in_file_order_then_longest_prefix_with_ties_in_file_order() {
+        let paths = [
+            PathMatch::Prefix("/ab".into()),
+            PathMatch::Exact("/x".into()),
+            PathMatch::Prefix("/abcd".into()),
+            PathMatch::Prefix("/cd".into()),
+            PathMatch::Exact("/a".into()),
+        ];
+        assert_eq!(match_order(&paths), [1, 4, 2, 0, 3]);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::app::{App, AppOptions, ConnInfo};
 use crate::config::{self, Config, Overrides};
 use crate::conn;
+use crate::tls::PeerNames;
 
 /// Where a config came from, so that it can be read again on reload.
 #[derive(Debug, Clone, Default)]
@@ -187,7 +188,7 @@ impl Server {
         let admin_limit = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
         let (stop_tx, stop_rx) = watch::channel(false);
         let (admin_stop_tx, admin_stop_rx) = watch::channel(false);
-        let timeouts = ConnTimeouts {
+        let limits = conn::Limits {
             header_read: self.header_read_timeout,
             idle: self.idle_timeout,
         };
@@ -206,7 +207,7 @@ impl Server {
                 builder: builder.clone(),
                 limit: limit.clone(),
                 stop: stop_rx.clone(),
-                timeouts,
+                limits,
             };
             accept_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
@@ -218,7 +219,7 @@ impl Server {
                 builder: builder.clone(),
                 limit: admin_limit.clone(),
                 stop: admin_stop_rx.clone(),
-                timeouts,
+                limits,
             };
             admin_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
@@ -252,12 +253,6 @@ impl Server {
     }
 }
 
-#[derive(Clone, Copy)]
-struct ConnTimeouts {
-    header_read: Duration,
-    idle: Duration,
-}
-
 /// What an accept loop needs to serve its connections.
 struct Listener {
     role: Role,
@@ -265,7 +260,7 @@ struct Listener {
     builder: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
-    timeouts: ConnTimeouts,
+    limits: conn::Limits,
 }
 
 /// hyper's own HTTP/1 header count limit (parsed on the stack).
@@ -316,109 +311,33 @@ fn serve_connection(
         Role::Data => ctx.state.app.runtime().config.server.tls.clone(),
         Role::Admin => None,
     };
-    let (role, state, builder, stop, timeouts) = (
+    let (role, state, builder, stop, limits) = (
         ctx.role,
         ctx.state.clone(),
         ctx.builder.clone(),
         ctx.stop.clone(),
-        ctx.timeouts,
+        ctx.limits,
     );
     tokio::spawn(async move {
-        let activity = Arc::new(AtomicU64::new(0));
-        // The two arms differ only in the stream type, so each serves its own.
         let result = match tls {
             None => {
-                let mut stream = stream;
-                let Some(prefix) = conn::read_preface(&mut stream, timeouts.header_read).await
-                else {
-                    return;
-                };
-                let io = TokioIo::new(conn::Replay::new(prefix, stream));
                 let info = ConnInfo {
                     remote,
                     tls: false,
                     peer: None,
                 };
-                match role {
-                    Role::Data => {
-                        let svc = DataService {
-                            app: state.app.clone(),
-                            info: Arc::new(info),
-                            activity: activity.clone(),
-                        };
-                        conn::drive(
-                            builder.serve_connection(io, svc).into_owned(),
-                            stop,
-                            timeouts.header_read,
-                            timeouts.idle,
-                            activity,
-                        )
-                        .await
-                    }
-                    Role::Admin => {
-                        let svc = AdminService {
-                            state: state.clone(),
-                            activity: activity.clone(),
-                        };
-                        conn::drive(
-                            builder.serve_connection(io, svc).into_owned(),
-                            stop,
-                            timeouts.header_read,
-                            timeouts.idle,
-                            activity,
-                        )
-                        .await
-                    }
-                }
+                serve_stream(stream, info, role, &state, &builder, stop, limits).await
             }
             Some(tls) => {
-                let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-                let mut stream = match tokio::time::timeout(
-                    tls.handshake_timeout,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(remote = %remote, "TLS handshake timed out");
-                        return;
-                    }
-                };
-                let peer = stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .and_then(|c| crate::tls::PeerNames::from_der(c))
-                    .map(Arc::new);
-                let Some(prefix) = conn::read_preface(&mut stream, timeouts.header_read).await
-                else {
+                let Some((stream, peer)) = handshake(stream, &tls, remote).await else {
                     return;
                 };
-                let io = TokioIo::new(conn::Replay::new(prefix, stream));
                 let info = ConnInfo {
                     remote,
                     tls: true,
                     peer,
                 };
-                let svc = DataService {
-                    app: state.app.clone(),
-                    info: Arc::new(info),
-                    activity: activity.clone(),
-                };
-                conn::drive(
-                    builder.serve_connection(io, svc).into_owned(),
-                    stop,
-                    timeouts.header_read,
-                    timeouts.idle,
-                    activity,
-                )
-                .await
+                serve_stream(stream, info, role, &state, &builder, stop, limits).await
             }
         };
         if let Err(e) = result {
@@ -426,6 +345,87 @@ fn serve_connection(
         }
         drop(permit);
     });
+}
+
+/// The TLS handshake, under its own deadline; `None` (logged) if it fails or stalls.
+async fn handshake(
+    stream: TcpStream,
+    tls: &crate::tls::ServerTls,
+    remote: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<Arc<PeerNames>>,
+)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(remote = %remote, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let peer = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| PeerNames::from_der(c))
+        .map(Arc::new);
+    Some((stream, peer))
+}
+
+/// Serves one connection, plain or TLS alike: protocol detection under the header-read
+/// deadline, then HTTP/1 or HTTP/2 until [`conn::drive`] ends it.
+async fn serve_stream<S>(
+    mut stream: S,
+    info: ConnInfo,
+    role: Role,
+    state: &Arc<State>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+    limits: conn::Limits,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(prefix) = conn::read_preface(&mut stream, limits.header_read).await else {
+        return Ok(());
+    };
+    let io = TokioIo::new(conn::Replay::new(prefix, stream));
+    let activity = Arc::new(AtomicU64::new(0));
+    match role {
+        Role::Data => {
+            let svc = DataService {
+                app: state.app.clone(),
+                info: Arc::new(info),
+                activity: activity.clone(),
+            };
+            conn::drive(
+                builder.serve_connection(io, svc).into_owned(),
+                stop,
+                limits,
+                activity,
+            )
+            .await
+        }
+        Role::Admin => {
+            let svc = AdminService {
+                state: state.clone(),
+                activity: activity.clone(),
+            };
+            conn::drive(
+                builder.serve_connection(io, svc).into_owned(),
+                stop,
+                limits,
+                activity,
+            )
+            .await
+        }
+    }
 }
 
 /// The admin listener's service.

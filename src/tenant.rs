@@ -370,11 +370,6 @@ impl TenantSource {
         out.dedup();
         out
     }
-
-    /// Whether the route needs a caller to authenticate.
-    pub fn needs_identity(&self) -> bool {
-        matches!(self, TenantSource::Identity { .. })
-    }
 }
 
 #[cfg(test)]

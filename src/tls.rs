@@ -158,12 +158,27 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
     pub insecure_skip_verify: bool,
     pub config: Arc<ClientConfig>,
+    /// Of the files' contents: a reload with rotated files is a change (a new pool).
     digest: String,
 }
 
+/// Same paths, same options and the same file contents: the built config is derived from
+/// those, so it is left out.
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.ca_file == other.ca_file
+            && self.cert_file == other.cert_file
+            && self.key_file == other.key_file
+            && self.server_name == other.server_name
+            && self.insecure_skip_verify == other.insecure_skip_verify
+            && self.digest == other.digest
+    }
+}
+
+impl Eq for UpstreamTls {}
+
 impl fmt::Debug for UpstreamTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The digest makes a reload with rotated files look like a change (new pool).
         f.debug_struct("UpstreamTls")
             .field("ca_file", &self.ca_file)
             .field("cert_file", &self.cert_file)

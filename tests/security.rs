@@ -219,6 +219,14 @@ impl Setup {
     fn ca(&self) -> String {
         self.pki.ca_file().display().to_string()
     }
+
+    /// curl against this tenantgate, trusting its CA; `args` come before the URL of `path`.
+    async fn curl(&self, args: &[&str], path: &str) -> Curl {
+        let ca = self.ca();
+        let mut all = vec!["--cacert", ca.as_str()];
+        all.extend_from_slice(args);
+        curl(&all, &self.url(path)).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,23 +234,21 @@ async fn basic_auth_maps_to_its_tenant_and_wrong_or_missing_credentials_get_401(
     let Some(s) = Setup::new("basic", "optional").await else {
         return;
     };
-    let ca = s.ca();
-    let ok = curl(
-        &[
-            "--cacert",
-            &ca,
-            "-u",
-            &format!("prom-writer:{WRITER_PASSWORD}"),
-            "-X",
-            "POST",
-            "-H",
-            "X-Scope-OrgID: team-z",
-            "--data-binary",
-            "x",
-        ],
-        &s.url("/api/v1/push"),
-    )
-    .await;
+    let ok = s
+        .curl(
+            &[
+                "-u",
+                &format!("prom-writer:{WRITER_PASSWORD}"),
+                "-X",
+                "POST",
+                "-H",
+                "X-Scope-OrgID: team-z",
+                "--data-binary",
+                "x",
+            ],
+            "/api/v1/push",
+        )
+        .await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     let seen = s.up.last();
     assert_eq!(seen.all("x-scope-orgid"), ["team-a"]);
@@ -251,20 +257,12 @@ async fn basic_auth_maps_to_its_tenant_and_wrong_or_missing_credentials_get_401(
         "credentials for tenantgate reached the upstream"
     );
 
-    let wrong = curl(
-        &[
-            "--cacert",
-            &ca,
-            "-u",
-            "prom-writer:nope",
-            "-X",
-            "POST",
-            "--data-binary",
-            "x",
-        ],
-        &s.url("/api/v1/push"),
-    )
-    .await;
+    let wrong = s
+        .curl(
+            &["-u", "prom-writer:nope", "-X", "POST", "--data-binary", "x"],
+            "/api/v1/push",
+        )
+        .await;
     assert_eq!(wrong.status, 401);
     assert!(
         wrong
@@ -280,11 +278,9 @@ async fn basic_auth_maps_to_its_tenant_and_wrong_or_missing_credentials_get_401(
         wrong.body
     );
 
-    let missing = curl(
-        &["--cacert", &ca, "-X", "POST", "--data-binary", "x"],
-        &s.url("/api/v1/push"),
-    )
-    .await;
+    let missing = s
+        .curl(&["-X", "POST", "--data-binary", "x"], "/api/v1/push")
+        .await;
     assert_eq!(missing.status, 401);
     assert_eq!(
         s.up.requests().len(),
@@ -298,36 +294,23 @@ async fn a_token_for_one_tenant_never_produces_another_whatever_headers_are_sent
     let Some(s) = Setup::new("token", "optional").await else {
         return;
     };
-    let ca = s.ca();
     let bearer = format!("Authorization: Bearer {READER_TOKEN}");
     for spoof in [
         "X-Scope-OrgID: team-a",
         "x-scope-orgid: team-a|team-c",
         "X-SCOPE-ORGID: ",
     ] {
-        let r = curl(
-            &[
-                "--cacert",
-                &ca,
-                "-H",
-                &bearer,
-                "-H",
-                spoof,
-                "-H",
-                "X-Scope-OrgID: team-c",
-            ],
-            &s.url("/prometheus/api/v1/labels"),
-        )
-        .await;
+        let r = s
+            .curl(
+                &["-H", &bearer, "-H", spoof, "-H", "X-Scope-OrgID: team-c"],
+                "/prometheus/api/v1/labels",
+            )
+            .await;
         assert_eq!(r.status, 200, "{spoof}: {}", r.body);
         assert_eq!(s.up.last().all("x-scope-orgid"), ["team-b"], "{spoof}");
     }
     // The emulated endpoints sit behind the same authentication.
-    let anon = curl(
-        &["--cacert", &ca],
-        &s.url("/prometheus/api/v1/status/config"),
-    )
-    .await;
+    let anon = s.curl(&[], "/prometheus/api/v1/status/config").await;
     assert_eq!(anon.status, 401);
     assert!(
         anon.headers
@@ -336,16 +319,12 @@ async fn a_token_for_one_tenant_never_produces_another_whatever_headers_are_sent
         "{}",
         anon.headers
     );
-    let bad = curl(
-        &[
-            "--cacert",
-            &ca,
-            "-H",
-            "Authorization: Bearer reader-token-0123456789abcdeX",
-        ],
-        &s.url("/prometheus/api/v1/labels"),
-    )
-    .await;
+    let bad = s
+        .curl(
+            &["-H", "Authorization: Bearer reader-token-0123456789abcdeX"],
+            "/prometheus/api/v1/labels",
+        )
+        .await;
     assert_eq!(bad.status, 401);
 }
 
@@ -354,20 +333,19 @@ async fn an_identity_not_allowed_on_a_route_gets_403() {
     let Some(s) = Setup::new("forbidden", "optional").await else {
         return;
     };
-    let r = curl(
-        &[
-            "--cacert",
-            &s.ca(),
-            "-H",
-            &format!("Authorization: Bearer {READER_TOKEN}"),
-            "-X",
-            "POST",
-            "--data-binary",
-            "x",
-        ],
-        &s.url("/api/v1/push"),
-    )
-    .await;
+    let r = s
+        .curl(
+            &[
+                "-H",
+                &format!("Authorization: Bearer {READER_TOKEN}"),
+                "-X",
+                "POST",
+                "--data-binary",
+                "x",
+            ],
+            "/api/v1/push",
+        )
+        .await;
     assert_eq!(r.status, 403, "curl exit {}, body {}", r.exit, r.body);
     assert!(
         r.body
@@ -381,11 +359,7 @@ async fn an_identity_not_allowed_on_a_route_gets_403() {
 /// GET `path` through tenantgate with a client certificate.
 async fn curl_with_cert(s: &Setup, cert: &(PathBuf, PathBuf), path: &str) -> Curl {
     let (c, k) = (cert.0.display().to_string(), cert.1.display().to_string());
-    curl(
-        &["--cacert", &s.ca(), "--cert", &c, "--key", &k],
-        &s.url(path),
-    )
-    .await
+    s.curl(&["--cert", &c, "--key", &k], path).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,11 +386,7 @@ async fn required_client_certificates_are_enforced_in_the_handshake() {
         return;
     };
     let bearer = format!("Authorization: Bearer {READER_TOKEN}");
-    let without = curl(
-        &["--cacert", &s.ca(), "-H", &bearer],
-        &s.url("/prometheus/api/v1/labels"),
-    )
-    .await;
+    let without = s.curl(&["-H", &bearer], "/prometheus/api/v1/labels").await;
     assert_ne!(
         without.exit, 0,
         "a client without a certificate completed a request"
@@ -448,7 +418,6 @@ async fn header_routes_accept_only_their_allow_list_and_federation_only_where_al
     let Some(s) = Setup::new("header", "optional").await else {
         return;
     };
-    let ca = s.ca();
     let cases: [(&str, &str, u16, Option<&str>); 8] = [
         ("/trusted/x", "X-Scope-OrgID: team-a", 200, Some("team-a")),
         ("/trusted/x", "X-Scope-OrgID: team-c", 403, None),
@@ -471,7 +440,7 @@ async fn header_routes_accept_only_their_allow_list_and_federation_only_where_al
     ];
     for (path, header, status, tenant) in cases {
         let before = s.up.requests().len();
-        let r = curl(&["--cacert", &ca, "-H", header], &s.url(path)).await;
+        let r = s.curl(&["-H", header], path).await;
         assert_eq!(r.status, status, "{path} {header}: {}", r.body);
         match tenant {
             Some(t) => assert_eq!(s.up.last().all("x-scope-orgid"), [t], "{path} {header}"),
@@ -483,18 +452,12 @@ async fn header_routes_accept_only_their_allow_list_and_federation_only_where_al
         }
     }
     // Two copies are refused rather than guessed between.
-    let two = curl(
-        &[
-            "--cacert",
-            &ca,
-            "-H",
-            "X-Scope-OrgID: team-a",
-            "-H",
-            "x-scope-orgid: team-b",
-        ],
-        &s.url("/trusted/x"),
-    )
-    .await;
+    let two = s
+        .curl(
+            &["-H", "X-Scope-OrgID: team-a", "-H", "x-scope-orgid: team-b"],
+            "/trusted/x",
+        )
+        .await;
     assert_eq!(two.status, 400);
 }
 
@@ -504,25 +467,9 @@ async fn authorization_is_removed_unless_the_route_forwards_it() {
         return;
     };
     let bearer = format!("Authorization: Bearer {READER_TOKEN}");
-    assert_eq!(
-        curl(
-            &["--cacert", &s.ca(), "-H", &bearer],
-            &s.url("/prometheus/x")
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.curl(&["-H", &bearer], "/prometheus/x").await.status, 200);
     assert!(s.up.last().headers.get("authorization").is_none());
-    assert_eq!(
-        curl(
-            &["--cacert", &s.ca(), "-H", &bearer],
-            &s.url("/keep-auth/x")
-        )
-        .await
-        .status,
-        200
-    );
+    assert_eq!(s.curl(&["-H", &bearer], "/keep-auth/x").await.status, 200);
     assert_eq!(
         s.up.last().all("authorization"),
         [format!("Bearer {READER_TOKEN}")]

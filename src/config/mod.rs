@@ -69,7 +69,8 @@ pub struct AdminSettings {
     pub listen: Vec<SocketAddr>,
 }
 
-#[derive(Debug, Clone)]
+/// Equal settings mean a reload can keep the upstream's connection pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamSettings {
     pub name: String,
     /// Scheme and authority only.

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::body::{BoxError, IdleTimeout, ProxyBody};
+use crate::body::{BoxError, ProxyBody};
 use crate::config::UpstreamSettings;
 use crate::error::{ProxyError, UpstreamErrorKind};
 
@@ -344,9 +344,4 @@ where
     B::Error: Into<BoxError>,
 {
     LimitedBody::new(body, limit, seen).boxed_unsync()
-}
-
-/// True when a body error means the upstream went quiet (for metrics).
-pub fn is_idle_timeout(e: &BoxError) -> bool {
-    e.is::<IdleTimeout>()
 }

@@ -32,7 +32,8 @@ pub struct Exchange {
     pub identity: Option<Arc<str>>,
     pub upstream: Option<Arc<str>>,
     pub status: u16,
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes forwarded, counted by the upstream body; `None` when none was.
+    bytes_in: Option<Arc<AtomicU64>>,
     pub bytes_out: u64,
     /// Why tenantgate answered with an error itself, or why the response stream broke.
     pub error: Option<String>,
@@ -42,6 +43,12 @@ pub struct Exchange {
 }
 
 const NONE: &str = "none";
+
+/// The "none" label value, shared: recording a request allocates no label strings.
+fn none() -> Arc<str> {
+    static NONE_LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NONE_LABEL.get_or_init(|| Arc::from(NONE)).clone()
+}
 
 impl Exchange {
     pub fn new(metrics: Arc<Metrics>, access_log: bool, method: Method, path: String) -> Self {
@@ -57,7 +64,7 @@ impl Exchange {
             identity: None,
             upstream: None,
             status: 0,
-            bytes_in: Arc::new(AtomicU64::new(0)),
+            bytes_in: None,
             bytes_out: 0,
             error: None,
             in_flight: None,
@@ -84,6 +91,13 @@ impl Exchange {
         self.permit = Some(permit);
     }
 
+    /// A counter for the request body bytes about to be forwarded.
+    pub fn count_request_bytes(&mut self) -> Arc<AtomicU64> {
+        self.bytes_in
+            .get_or_insert_with(|| Arc::new(AtomicU64::new(0)))
+            .clone()
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -95,10 +109,12 @@ impl Drop for Exchange {
         if let Some(g) = self.in_flight.take() {
             g.dec();
         }
-        let none: Arc<str> = Arc::from(NONE);
-        let route = self.route.clone().unwrap_or_else(|| none.clone());
-        let tenant = self.tenant.clone().unwrap_or(none);
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let route = self.route.clone().unwrap_or_else(none);
+        let tenant = self.tenant.clone().unwrap_or_else(none);
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
         let m = &self.metrics;
         m.requests
             .get_or_create(&RequestLabels {
