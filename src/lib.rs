@@ -25,6 +25,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod forward;
+pub mod migrate;
 pub mod probe;
 pub mod promapi;
 pub mod route;

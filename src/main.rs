@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use tenantgate::app::AppOptions;
 use tenantgate::config::{self, Config, Overrides};
+use tenantgate::migrate::MigrateArgs;
 use tenantgate::server::{self, ConfigSource, Server};
 use tenantgate::telemetry::{self, LogFormat, LogLevel};
 
@@ -59,7 +60,8 @@ struct SourceArgs {
     #[arg(long, value_name = "URL", global = true)]
     upstream: Option<String>,
     /// Override the tenant of every route that has a fixed tenant (routes that take it from the
-    /// caller's identity or a header keep their authentication).
+    /// caller's identity or a header keep their authentication). For `migrate`: the tenant the
+    /// history is written as.
     #[arg(long, value_name = "ID", global = true)]
     tenant: Option<String>,
     /// Override the data listen address (e.g. 127.0.0.1:9090 or :9090).
@@ -86,6 +88,11 @@ enum Command {
         #[arg(long)]
         syntax_only: bool,
     },
+    /// Copy history from a remote read endpoint into a remote write endpoint as --tenant, in
+    /// time slabs, oldest first; resumable (progress is kept in the destination), optionally
+    /// replicating new data (--follow). Exit status: 0 done or stopped by a signal, 1 failed,
+    /// 3 done but the destination refused samples or --verify found differences.
+    Migrate(Box<MigrateArgs>),
 }
 
 impl SourceArgs {
@@ -105,6 +112,9 @@ impl SourceArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Migrate(args)) = cli.command {
+        return migrate(*args, &cli.source, cli.log_format, cli.log_level);
+    }
     let mut source = cli.source.source();
     if let Some(Command::Check {
         syntax_only: true, ..
@@ -149,6 +159,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         }
+        Some(Command::Migrate(_)) => ExitCode::from(2),
         Some(Command::Serve) | None => {
             telemetry::init_logging(cli.log_format, cli.log_level);
             serve(
@@ -161,6 +172,42 @@ fn main() -> ExitCode {
             )
         }
     }
+}
+
+/// `tenantgate migrate`: reads --config only when --from or --to name one of its upstreams.
+fn migrate(
+    args: MigrateArgs,
+    source: &SourceArgs,
+    log_format: LogFormat,
+    log_level: LogLevel,
+) -> ExitCode {
+    for (flag, given) in [
+        ("--upstream", source.upstream.is_some()),
+        ("--listen", source.listen.is_some()),
+        ("--admin-listen", source.admin_listen.is_some()),
+    ] {
+        if given {
+            eprintln!("tenantgate migrate: {flag} is for serving; migrate does not use it");
+            return ExitCode::from(2);
+        }
+    }
+    let config = match &source.config {
+        Some(path) => match config::load(Some(path), &Overrides::default()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("tenantgate migrate: the config has {} error(s)", e.errors.len());
+                return ExitCode::from(1);
+            }
+        },
+        None => None,
+    };
+    telemetry::init_logging(log_format, log_level);
+    ExitCode::from(tenantgate::migrate::main(
+        args,
+        source.tenant.clone(),
+        config,
+    ))
 }
 
 fn serve(

@@ -14,8 +14,6 @@
 mod harness;
 #[path = "e2e/prompb.rs"]
 mod prompb;
-#[path = "e2e/xor.rs"]
-mod xor;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

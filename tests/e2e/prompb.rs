@@ -1,139 +1,18 @@
-//! The Prometheus remote read/write wire formats, written by hand from `prompb/remote.proto` and
-//! `prompb/types.proto` (only the fields these tests use; prost skips the others), plus snappy
-//! block framing and the CRC-checked frames of a streamed remote read response.
+//! The Prometheus remote read/write wire formats as the tests use them: snappy block framing, the
+//! CRC-checked frames of a streamed remote read response, and series compared as sorted maps.
 
 use std::collections::BTreeMap;
 
 use prost::Message;
 
-use crate::xor;
+use tenantgate::migrate::xor;
 
-// ---- types.proto ----
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Label {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Sample {
-    #[prost(double, tag = "1")]
-    pub value: f64,
-    #[prost(int64, tag = "2")]
-    pub timestamp: i64,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct LabelMatcher {
-    #[prost(enumeration = "MatchType", tag = "1")]
-    pub r#type: i32,
-    #[prost(string, tag = "2")]
-    pub name: String,
-    #[prost(string, tag = "3")]
-    pub value: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum MatchType {
-    Eq = 0,
-    Neq = 1,
-    Re = 2,
-    Nre = 3,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct Chunk {
-    #[prost(int64, tag = "1")]
-    pub min_time_ms: i64,
-    #[prost(int64, tag = "2")]
-    pub max_time_ms: i64,
-    #[prost(enumeration = "ChunkEncoding", tag = "3")]
-    pub r#type: i32,
-    #[prost(bytes = "vec", tag = "4")]
-    pub data: Vec<u8>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum ChunkEncoding {
-    Unknown = 0,
-    Xor = 1,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ChunkedSeries {
-    #[prost(message, repeated, tag = "1")]
-    pub labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    pub chunks: Vec<Chunk>,
-}
-
-// ---- remote.proto ----
-
-#[derive(Clone, PartialEq, Message)]
-pub struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ReadRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub queries: Vec<Query>,
-    /// Packed, as proto3 encodes repeated enums.
-    #[prost(enumeration = "ResponseType", repeated, packed = "true", tag = "2")]
-    pub accepted_response_types: Vec<i32>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum ResponseType {
-    Samples = 0,
-    StreamedXorChunks = 1,
-}
-
-/// `hints` (field 4) is left out: the sidecar's hints only tune the upstream's work.
-#[derive(Clone, PartialEq, Message)]
-pub struct Query {
-    #[prost(int64, tag = "1")]
-    pub start_timestamp_ms: i64,
-    #[prost(int64, tag = "2")]
-    pub end_timestamp_ms: i64,
-    #[prost(message, repeated, tag = "3")]
-    pub matchers: Vec<LabelMatcher>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ReadResponse {
-    #[prost(message, repeated, tag = "1")]
-    pub results: Vec<QueryResult>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct QueryResult {
-    #[prost(message, repeated, tag = "1")]
-    pub timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-pub struct ChunkedReadResponse {
-    #[prost(message, repeated, tag = "1")]
-    pub chunked_series: Vec<ChunkedSeries>,
-    #[prost(int64, tag = "2")]
-    pub query_index: i64,
-}
+// The messages are tenantgate's own (`tenantgate migrate` speaks the same protocol); the tests
+// check them against what a real Prometheus sends and accepts.
+pub use tenantgate::migrate::wire::{
+    ChunkEncoding, ChunkedReadResponse, Label, LabelMatcher, MatchType, Query, ReadRequest,
+    ReadResponse, ResponseType, Sample, TimeSeries, WriteRequest,
+};
 
 // ---- the tests' own view of a series ----
 
