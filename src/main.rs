@@ -196,7 +196,10 @@ fn migrate(
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("{e}");
-                eprintln!("tenantgate migrate: the config has {} error(s)", e.errors.len());
+                eprintln!(
+                    "tenantgate migrate: the config has {} error(s)",
+                    e.errors.len()
+                );
                 return ExitCode::from(1);
             }
         },

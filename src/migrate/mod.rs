@@ -36,7 +36,7 @@ use crate::tenant::TenantId;
 use crate::time::{format_rfc3339, now_millis};
 use plan::Planner;
 use read::{Collect, Labels, PROGRESS_METRIC, Range, Read, ReadError, ReadSpec};
-use remote::{Endpoint, Failed, Failure, Kind, Retry, Stop, retrying};
+use remote::{Endpoint, Failed, Kind, Retry, Stop, retrying};
 use report::{Outcome, Reason, Report, SlabReport, Verification};
 use wire::{LabelMatcher, MatchType, ResponseType, WriteEncoder};
 
@@ -127,7 +127,11 @@ pub struct MigrateArgs {
     #[arg(long = "follow-lag", value_name = "DURATION", default_value = "5m")]
     pub follow_lag: String,
     /// With --follow: how often to copy what is new.
-    #[arg(long = "follow-interval", value_name = "DURATION", default_value = "30s")]
+    #[arg(
+        long = "follow-interval",
+        value_name = "DURATION",
+        default_value = "30s"
+    )]
     pub follow_interval: String,
     /// How the end report is printed (on stdout).
     #[arg(long = "report-format", value_enum, default_value = "text")]
@@ -149,14 +153,30 @@ pub struct MigrateArgs {
     #[arg(long = "from-bearer-token-file", value_name = "FILE")]
     pub from_bearer_token_file: Option<PathBuf>,
     /// Basic auth user for the destination (password from --to-basic-auth-password-file).
-    #[arg(long = "to-basic-auth-user", value_name = "USER", requires = "to_basic_auth_password_file")]
+    #[arg(
+        long = "to-basic-auth-user",
+        value_name = "USER",
+        requires = "to_basic_auth_password_file"
+    )]
     pub to_basic_auth_user: Option<String>,
-    #[arg(long = "to-basic-auth-password-file", value_name = "FILE", requires = "to_basic_auth_user")]
+    #[arg(
+        long = "to-basic-auth-password-file",
+        value_name = "FILE",
+        requires = "to_basic_auth_user"
+    )]
     pub to_basic_auth_password_file: Option<PathBuf>,
     /// Basic auth user for the source (password from --from-basic-auth-password-file).
-    #[arg(long = "from-basic-auth-user", value_name = "USER", requires = "from_basic_auth_password_file")]
+    #[arg(
+        long = "from-basic-auth-user",
+        value_name = "USER",
+        requires = "from_basic_auth_password_file"
+    )]
     pub from_basic_auth_user: Option<String>,
-    #[arg(long = "from-basic-auth-password-file", value_name = "FILE", requires = "from_basic_auth_user")]
+    #[arg(
+        long = "from-basic-auth-password-file",
+        value_name = "FILE",
+        requires = "from_basic_auth_user"
+    )]
     pub from_basic_auth_password_file: Option<PathBuf>,
     /// CA bundle to verify the destination's certificate (default: system roots).
     #[arg(long = "to-ca-file", value_name = "FILE")]
@@ -228,6 +248,10 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
             _ if report.has_losses() => 3,
             _ => 0,
         };
+        if args.dry_run && report.outcome == Outcome::Complete {
+            // The plan is the output.
+            return code;
+        }
         match args.report_format {
             ReportFormat::Text => print!("{}", report.to_text(40)),
             ReportFormat::Json => match serde_json::to_string_pretty(&report) {
@@ -302,13 +326,17 @@ fn parse_headers(list: &[String], flag: &str) -> Result<HeaderMap, String> {
         }
         if matches!(
             name.as_str(),
-            "content-type" | "content-encoding" | "content-length" | "host" | "connection"
+            "content-type"
+                | "content-encoding"
+                | "content-length"
+                | "host"
+                | "connection"
                 | "transfer-encoding"
         ) {
             return Err(format!("{flag}: {name} is set by tenantgate"));
         }
-        let mut value = HeaderValue::from_str(value.trim())
-            .map_err(|e| format!("{flag} {h:?}: {e}"))?;
+        let mut value =
+            HeaderValue::from_str(value.trim()).map_err(|e| format!("{flag} {h:?}: {e}"))?;
         if name == http::header::AUTHORIZATION || name == "cookie" {
             value.set_sensitive(true);
         }
@@ -318,8 +346,7 @@ fn parse_headers(list: &[String], flag: &str) -> Result<HeaderMap, String> {
 }
 
 fn read_secret(path: &PathBuf, what: &str) -> Result<String, String> {
-    let s = std::fs::read_to_string(path)
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let s = std::fs::read_to_string(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let s = s.trim_end_matches(['\r', '\n']).to_owned();
     if s.is_empty() {
         return Err(format!("{what} {} is empty", path.display()));
@@ -341,7 +368,10 @@ fn add_auth(
             ));
         }
         (Some(file), None) => {
-            format!("Bearer {}", read_secret(file, &format!("--{side}-bearer-token-file"))?)
+            format!(
+                "Bearer {}",
+                read_secret(file, &format!("--{side}-bearer-token-file"))?
+            )
         }
         (None, Some((user, file))) => {
             let pass = read_secret(file, &format!("--{side}-basic-auth-password-file"))?;
@@ -387,11 +417,7 @@ fn resolve_url(
         )
     })?;
     let origin = up.origin.to_string();
-    let url = format!(
-        "{}{}{path}",
-        origin.trim_end_matches('/'),
-        up.base_path
-    );
+    let url = format!("{}{}{path}", origin.trim_end_matches('/'), up.base_path);
     Ok((url, up.tls.clone()))
 }
 
@@ -413,10 +439,13 @@ fn derive_read_url(write_url: &str) -> Option<String> {
 }
 
 impl Plan {
-    fn new(args: &MigrateArgs, tenant: Option<String>, config: Option<&Config>) -> Result<Plan, String> {
-        let tenant = tenant.ok_or(
-            "--tenant is required: the tenant (X-Scope-OrgID) the history is written as",
-        )?;
+    fn new(
+        args: &MigrateArgs,
+        tenant: Option<String>,
+        config: Option<&Config>,
+    ) -> Result<Plan, String> {
+        let tenant = tenant
+            .ok_or("--tenant is required: the tenant (X-Scope-OrgID) the history is written as")?;
         let tenant = TenantId::parse(&tenant).map_err(|e| format!("--tenant {tenant:?}: {e}"))?;
         if tenant.is_federated() {
             return Err(format!(
@@ -431,9 +460,10 @@ impl Plan {
             None if args.follow => None,
             None => Some(now),
         };
-        let follow_lag = parse_duration(&args.follow_lag).map_err(|e| format!("--follow-lag: {e}"))?;
-        let follow_interval = parse_duration(&args.follow_interval)
-            .map_err(|e| format!("--follow-interval: {e}"))?;
+        let follow_lag =
+            parse_duration(&args.follow_lag).map_err(|e| format!("--follow-lag: {e}"))?;
+        let follow_interval =
+            parse_duration(&args.follow_interval).map_err(|e| format!("--follow-interval: {e}"))?;
         if follow_interval.is_zero() {
             return Err("--follow-interval must be more than 0".into());
         }
@@ -464,8 +494,8 @@ impl Plan {
             .map(|s| selector::parse(s).map_err(|e| format!("--match: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let max_memory = parse_size(&args.max_memory).map_err(|e| format!("--max-memory: {e}"))?;
-        let max_write = parse_size(&args.max_write_size)
-            .map_err(|e| format!("--max-write-size: {e}"))?;
+        let max_write =
+            parse_size(&args.max_write_size).map_err(|e| format!("--max-write-size: {e}"))?;
         if max_write < 4096 {
             return Err("--max-write-size must be at least 4KiB".into());
         }
@@ -498,7 +528,8 @@ impl Plan {
         };
         let retry = Retry {
             attempts: args.retries,
-            backoff: parse_duration(&args.retry_backoff).map_err(|e| format!("--retry-backoff: {e}"))?,
+            backoff: parse_duration(&args.retry_backoff)
+                .map_err(|e| format!("--retry-backoff: {e}"))?,
             max_backoff: MAX_BACKOFF,
         };
 
@@ -514,11 +545,13 @@ impl Plan {
             })?,
         };
         let tls = |ca: &Option<PathBuf>, from_config: Option<crate::tls::UpstreamTls>| match ca {
-            Some(ca) => crate::tls::UpstreamTls::load(Some(ca.clone()), None, None, None, false)
-                .map(Some),
+            Some(ca) => {
+                crate::tls::UpstreamTls::load(Some(ca.clone()), None, None, None, false).map(Some)
+            }
             None => Ok(from_config),
         };
-        let from_tls = tls(&args.from_ca_file, from_tls).map_err(|e| format!("--from-ca-file: {e}"))?;
+        let from_tls =
+            tls(&args.from_ca_file, from_tls).map_err(|e| format!("--from-ca-file: {e}"))?;
         let to_tls = tls(&args.to_ca_file, to_tls).map_err(|e| format!("--to-ca-file: {e}"))?;
 
         let mut from_headers = parse_headers(&args.from_headers, "--from-header")?;
@@ -532,7 +565,10 @@ impl Plan {
         )?;
         if let Some(t) = &args.from_tenant {
             let t = TenantId::parse(t).map_err(|e| format!("--from-tenant {t:?}: {e}"))?;
-            from_headers.insert(HeaderName::from_static("x-scope-orgid"), t.header_value().clone());
+            from_headers.insert(
+                HeaderName::from_static("x-scope-orgid"),
+                t.header_value().clone(),
+            );
         }
         let mut to_headers = parse_headers(&args.to_headers, "--to-header")?;
         add_auth(
@@ -643,7 +679,10 @@ enum Halt {
 /// A read running ahead, or one still to start.
 enum Slot {
     Pending(Range),
-    Running(Range, tokio::task::JoinHandle<(Result<Result<Read, usize>, Failed>, u64)>),
+    Running(
+        Range,
+        tokio::task::JoinHandle<(Result<Result<Read, usize>, Failed>, u64)>,
+    ),
 }
 
 struct Migration {
@@ -711,9 +750,8 @@ impl Migration {
         }
         self.progress.finish();
         if self.report.outcome != Outcome::Complete || args.follow {
-            self.report.resume_command = Some(report::shell_command(
-                &std::env::args().collect::<Vec<_>>(),
-            ));
+            self.report.resume_command =
+                Some(report::shell_command(&std::env::args().collect::<Vec<_>>()));
         }
         self.report.completed_through = format_rfc3339(self.completed);
         self.report.duration_ms = began.elapsed().as_millis() as u64;
@@ -786,23 +824,42 @@ impl Migration {
             skip_progress_of: Some(&self.plan.id),
         };
         let source = &self.plan.source;
-        let read = match read::read(source, &spec).await {
-            Ok(r) => r,
-            Err(ReadError::TooBig { .. }) => {
-                return Err(Halt::Fatal(format!(
-                    "the source has more in 5 minutes than --max-memory allows; raise it"
-                )));
+        let mut retries = 0;
+        let read = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "read from the source",
+            &mut retries,
+            || async {
+                match read::read(source, &spec).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+                    Err(ReadError::Failed(f)) => Err(f),
+                }
+            },
+        )
+        .await;
+        let read = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => {
+                return Err(Halt::Fatal(
+                    "the source's series list for 5 minutes does not fit --max-memory; raise it"
+                        .into(),
+                ));
             }
-            Err(ReadError::Failed(f)) => {
+            Err(Failed::Stopped) => return Err(Halt::Stopped),
+            Err(e) => {
                 return Err(Halt::Fatal(format!(
-                    "the source {} does not answer remote read: {f}",
+                    "the source {} does not answer remote read: {e}",
                     source.uri()
                 )));
             }
         };
         let format = match read.format {
             ResponseType::StreamedXorChunks => "streamed XOR chunks",
-            ResponseType::Samples => "samples (not streamed; slabs are bounded by the whole response)",
+            ResponseType::Samples => {
+                "samples (not streamed; slabs are bounded by the whole response)"
+            }
         };
         self.report.source_format = Some(format.to_owned());
         tracing::info!(
@@ -815,19 +872,30 @@ impl Migration {
         );
         // An empty write: the destination must accept this tenant before anything is copied.
         let empty = WriteEncoder::default().finish().map_err(Halt::Fatal)?;
-        match self.plan.dest.post(empty).await {
+        let dest = &self.plan.dest;
+        let sent = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "write to the destination",
+            &mut retries,
+            || dest.post(empty.clone()),
+        )
+        .await;
+        match sent {
             Ok(_) => {}
-            Err(Failure::Refused { status, body }) => {
+            Err(Failed::Refused { status, body }) => {
                 return Err(Halt::Fatal(format!(
                     "the destination {} refuses tenant {:?}: HTTP {status}: {}",
-                    self.plan.dest.uri(),
+                    dest.uri(),
                     self.plan.tenant.as_str(),
                     body.trim()
                 )));
             }
-            Err(Failure::Transient { detail, .. }) => {
+            Err(Failed::Stopped) => return Err(Halt::Stopped),
+            Err(e) => {
                 return Err(Halt::Fatal(format!(
-                    "the destination does not accept remote write: {detail}"
+                    "the destination {} does not accept remote write: {e}",
+                    dest.uri()
                 )));
             }
         }
@@ -850,17 +918,27 @@ impl Migration {
             skip_progress_of: None,
         };
         let mut retries = 0;
-        let read = retrying(&self.plan.retry, &self.stop, "read progress", &mut retries, || async {
-            match read::read(&self.plan.dest_read, &spec).await {
-                Ok(r) => Ok(Ok(r)),
-                Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                Err(ReadError::Failed(f)) => Err(f),
-            }
-        })
+        let read = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "read progress",
+            &mut retries,
+            || async {
+                match read::read(&self.plan.dest_read, &spec).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+                    Err(ReadError::Failed(f)) => Err(f),
+                }
+            },
+        )
         .await;
         let read = match read {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(Halt::Fatal("the progress series is larger than the memory budget".into())),
+            Ok(Err(_)) => {
+                return Err(Halt::Fatal(
+                    "the progress series is larger than the memory budget".into(),
+                ));
+            }
             Err(Failed::Stopped) => return Err(Halt::Stopped),
             Err(e) => {
                 return Err(Halt::Fatal(format!(
@@ -878,7 +956,9 @@ impl Migration {
             .flat_map(|s| s.samples.iter())
             .map(|s| (s.1 * 1000.0).round())
             .filter(|v| v.is_finite())
-            .fold(None, |acc: Option<f64>, v| Some(acc.map_or(v, |a| a.max(v))));
+            .fold(None, |acc: Option<f64>, v| {
+                Some(acc.map_or(v, |a| a.max(v)))
+            });
         Ok(newest.map(|v| v as i64))
     }
 
@@ -886,20 +966,29 @@ impl Migration {
     async fn load_already(&mut self, cursor: i64) -> Result<(), Halt> {
         let until = (cursor + self.plan.max_slab).min(self.plan.current_end().max(cursor + 1));
         let spec = ReadSpec {
-            range: Range { start: cursor, end: until },
+            range: Range {
+                start: cursor,
+                end: until,
+            },
             matchers: &self.plan.matchers,
             counts_only: true,
             budget: self.plan.slab_budget,
             skip_progress_of: Some(&self.plan.id),
         };
         let mut retries = 0;
-        let read = retrying(&self.plan.retry, &self.stop, "read the destination", &mut retries, || async {
-            match read::read(&self.plan.dest_read, &spec).await {
-                Ok(r) => Ok(Ok(r)),
-                Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                Err(ReadError::Failed(f)) => Err(f),
-            }
-        })
+        let read = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "read the destination",
+            &mut retries,
+            || async {
+                match read::read(&self.plan.dest_read, &spec).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+                    Err(ReadError::Failed(f)) => Err(f),
+                }
+            },
+        )
         .await;
         let read = match read {
             Ok(Ok(r)) => r,
@@ -923,7 +1012,13 @@ impl Migration {
 
     /// Copies `[cursor, end)`; returns how far it got.
     async fn copy(&mut self, cursor: i64, end: i64) -> Result<i64, Halt> {
-        let mut planner = Planner::new(cursor, end, self.plan.max_slab, MIN_SLAB_MS, self.plan.slab_budget);
+        let mut planner = Planner::new(
+            cursor,
+            end,
+            self.plan.max_slab,
+            MIN_SLAB_MS,
+            self.plan.slab_budget,
+        );
         let mut queue: VecDeque<Slot> = VecDeque::new();
         let result = loop {
             while queue.len() < self.plan.concurrency {
@@ -1046,13 +1141,19 @@ impl Migration {
                 skip_progress_of: Some(&id),
             };
             let mut retries = 0;
-            let r = retrying(&retry, &stop, "read from the source", &mut retries, || async {
-                match read::read(&source, &spec).await {
-                    Ok(r) => Ok(Ok(r)),
-                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                    Err(ReadError::Failed(f)) => Err(f),
-                }
-            })
+            let r = retrying(
+                &retry,
+                &stop,
+                "read from the source",
+                &mut retries,
+                || async {
+                    match read::read(&source, &spec).await {
+                        Ok(r) => Ok(Ok(r)),
+                        Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+                        Err(ReadError::Failed(f)) => Err(f),
+                    }
+                },
+            )
             .await;
             (r, retries)
         })
@@ -1060,7 +1161,12 @@ impl Migration {
 
     /// Writes one slab's samples in requests of at most `max_write` bytes, in time order per
     /// series, skipping what the destination already holds.
-    async fn write_slab(&mut self, range: Range, read: Read, slab: &mut SlabReport) -> Result<(), Halt> {
+    async fn write_slab(
+        &mut self,
+        range: Range,
+        read: Read,
+        slab: &mut SlabReport,
+    ) -> Result<(), Halt> {
         let Collect::Samples(series) = read.data else {
             return Ok(());
         };
@@ -1095,7 +1201,8 @@ impl Migration {
                         // Labels alone fill a request: send one sample, the destination judges.
                         n = 1;
                     } else {
-                        self.flush(&mut enc, &mut members, &mut accepted, slab).await?;
+                        self.flush(&mut enc, &mut members, &mut accepted, slab)
+                            .await?;
                         continue;
                     }
                 }
@@ -1103,12 +1210,14 @@ impl Migration {
                 members.push(i);
                 samples = &samples[n..];
                 if !samples.is_empty() {
-                    self.flush(&mut enc, &mut members, &mut accepted, slab).await?;
+                    self.flush(&mut enc, &mut members, &mut accepted, slab)
+                        .await?;
                 }
             }
         }
         if !enc.is_empty() {
-            self.flush(&mut enc, &mut members, &mut accepted, slab).await?;
+            self.flush(&mut enc, &mut members, &mut accepted, slab)
+                .await?;
         }
         slab.series_written = accepted.iter().filter(|a| **a).count() as u64;
         if range.end >= self.already_until {
@@ -1129,9 +1238,13 @@ impl Migration {
         let len = body.len() as u64;
         let mut retries = 0;
         let dest = &self.plan.dest;
-        let sent = retrying(&self.plan.retry, &self.stop, "write to the destination", &mut retries, || {
-            dest.post(body.clone())
-        })
+        let sent = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "write to the destination",
+            &mut retries,
+            || dest.post(body.clone()),
+        )
         .await;
         slab.retries += retries;
         slab.write_requests += 1;
@@ -1162,7 +1275,9 @@ impl Migration {
                 }
             },
             Err(Failed::Stopped) => Err(Halt::Stopped),
-            Err(e @ Failed::GaveUp { .. }) => Err(Halt::Fatal(format!("writing to the destination: {e}"))),
+            Err(e @ Failed::GaveUp { .. }) => {
+                Err(Halt::Fatal(format!("writing to the destination: {e}")))
+            }
         };
         members.clear();
         result
@@ -1171,7 +1286,10 @@ impl Migration {
     /// Records that the destination holds the range up to `end` (exclusive).
     async fn record_progress(&mut self, end: i64) {
         let mut enc = WriteEncoder::default();
-        enc.push(&self.plan.progress_labels(), &[(end - 1, end as f64 / 1000.0)]);
+        enc.push(
+            &self.plan.progress_labels(),
+            &[(end - 1, end as f64 / 1000.0)],
+        );
         let body = match enc.finish() {
             Ok(b) => b,
             Err(e) => {
@@ -1183,9 +1301,13 @@ impl Migration {
         let dest = &self.plan.dest;
         // Recorded even while stopping: that is what makes the stop resumable.
         let no_stop = Stop::default();
-        let r = retrying(&self.plan.retry, &no_stop, "record progress", &mut retries, || {
-            dest.post(body.clone())
-        });
+        let r = retrying(
+            &self.plan.retry,
+            &no_stop,
+            "record progress",
+            &mut retries,
+            || dest.post(body.clone()),
+        );
         let r = tokio::select! {
             r = r => r,
             () = self.stop.wait_abandon() => Err(Failed::Stopped),
@@ -1211,8 +1333,16 @@ impl Migration {
             self.plan.matchers.len(),
             format_duration(Duration::from_millis(self.plan.max_slab as u64))
         );
-        println!("  source: {} ({})", self.plan.source.uri(), self.report.source_format.as_deref().unwrap_or("?"));
-        println!("  destination: {} (progress read from {})", self.plan.dest.uri(), self.plan.dest_read.uri());
+        println!(
+            "  source: {} ({})",
+            self.plan.source.uri(),
+            self.report.source_format.as_deref().unwrap_or("?")
+        );
+        println!(
+            "  destination: {} (progress read from {})",
+            self.plan.dest.uri(),
+            self.plan.dest_read.uri()
+        );
         println!(
             "\n  {:<20} {:<20} {:>8} {:>14}",
             "slab start", "slab end", "series", "samples (est)"
@@ -1223,7 +1353,10 @@ impl Migration {
                 return Err(Halt::Stopped);
             }
             let e = (s + self.plan.max_slab).min(end);
-            let probe = Range { start: s, end: (s + PROBE_MS).min(e) };
+            let probe = Range {
+                start: s,
+                end: (s + PROBE_MS).min(e),
+            };
             let spec = ReadSpec {
                 range: probe,
                 matchers: &self.plan.matchers,
@@ -1233,7 +1366,9 @@ impl Migration {
             };
             let read = read::read(&self.plan.source, &spec).await.map_err(|e| {
                 Halt::Fatal(match e {
-                    ReadError::TooBig { .. } => "the source's series list does not fit the memory budget".into(),
+                    ReadError::TooBig { .. } => {
+                        "the source's series list does not fit the memory budget".into()
+                    }
                     ReadError::Failed(f) => format!("reading the source: {f}"),
                 })
             })?;
@@ -1271,7 +1406,10 @@ impl Migration {
             if self.stop.requested() {
                 return Err(Halt::Stopped);
             }
-            let range = Range { start: s, end: (s + self.plan.max_slab).min(self.completed) };
+            let range = Range {
+                start: s,
+                end: (s + self.plan.max_slab).min(self.completed),
+            };
             let src = self.count(&self.plan.source, range).await?;
             let dst = self.count(&self.plan.dest_read, range).await?;
             v.windows += 1;
@@ -1284,7 +1422,10 @@ impl Migration {
             for (labels, n) in &src {
                 let d = dst.get(labels).copied().unwrap_or(0);
                 if d != *n && examples.len() < 5 {
-                    examples.push(format!("{}: source {n}, destination {d}", report::labels_text(labels)));
+                    examples.push(format!(
+                        "{}: source {n}, destination {d}",
+                        report::labels_text(labels)
+                    ));
                 }
             }
             if src_samples != dst_samples || src.len() != dst.len() || !examples.is_empty() {
@@ -1300,7 +1441,11 @@ impl Migration {
             }
             s = range.end;
         }
-        tracing::info!(windows = v.windows, mismatches = v.mismatches.len(), "verification done");
+        tracing::info!(
+            windows = v.windows,
+            mismatches = v.mismatches.len(),
+            "verification done"
+        );
         self.report.verification = Some(v);
         Ok(())
     }
@@ -1314,20 +1459,29 @@ impl Migration {
             skip_progress_of: Some(&self.plan.id),
         };
         let mut retries = 0;
-        let r = retrying(&self.plan.retry, &self.stop, "verify", &mut retries, || async {
-            match read::read(ep, &spec).await {
-                Ok(r) => Ok(Ok(r)),
-                Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                Err(ReadError::Failed(f)) => Err(f),
-            }
-        })
+        let r = retrying(
+            &self.plan.retry,
+            &self.stop,
+            "verify",
+            &mut retries,
+            || async {
+                match read::read(ep, &spec).await {
+                    Ok(r) => Ok(Ok(r)),
+                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+                    Err(ReadError::Failed(f)) => Err(f),
+                }
+            },
+        )
         .await;
         match r {
-            Ok(Ok(Read { data: Collect::Counts(c), .. })) => {
-                Ok(c.into_iter().map(|(l, n, _)| (l, n)).collect())
-            }
+            Ok(Ok(Read {
+                data: Collect::Counts(c),
+                ..
+            })) => Ok(c.into_iter().map(|(l, n, _)| (l, n)).collect()),
             Ok(Ok(_)) => Ok(HashMap::new()),
-            Ok(Err(_)) => Err(Halt::Fatal("verify: a window's series do not fit the memory budget".into())),
+            Ok(Err(_)) => Err(Halt::Fatal(
+                "verify: a window's series do not fit the memory budget".into(),
+            )),
             Err(Failed::Stopped) => Err(Halt::Stopped),
             Err(e) => Err(Halt::Fatal(format!("verify: reading the {}: {e}", ep.role))),
         }
@@ -1387,7 +1541,11 @@ impl Progress {
     }
 
     fn begin(&mut self, from: i64, to: i64, following: bool) {
-        self.begin_ms = if self.bar.is_some() { self.begin_ms } else { from };
+        self.begin_ms = if self.bar.is_some() {
+            self.begin_ms
+        } else {
+            from
+        };
         self.end_ms = to;
         self.done_ms = from;
         if !self.use_bar {
@@ -1514,17 +1672,28 @@ mod tests {
 
     #[test]
     fn headers_cannot_choose_the_tenant_and_credentials_are_sensitive() {
-        let h = parse_headers(&["X-Extra: a b".into(), "Authorization: Bearer x".into()], "--to-header").unwrap();
+        let h = parse_headers(
+            &["X-Extra: a b".into(), "Authorization: Bearer x".into()],
+            "--to-header",
+        )
+        .unwrap();
         assert_eq!(h["x-extra"], "a b");
         assert!(h["authorization"].is_sensitive());
-        assert!(parse_headers(&["X-Scope-OrgID: evil".into()], "--to-header").unwrap_err().contains("tenant"));
+        assert!(
+            parse_headers(&["X-Scope-OrgID: evil".into()], "--to-header")
+                .unwrap_err()
+                .contains("tenant")
+        );
         assert!(parse_headers(&["no colon".into()], "--to-header").is_err());
         assert!(parse_headers(&["Content-Encoding: gzip".into()], "--to-header").is_err());
     }
 
     #[test]
     fn basic_auth_is_standard_base64() {
-        assert_eq!(base64_lite::encode(b"Aladdin:open sesame"), "QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(
+            base64_lite::encode(b"Aladdin:open sesame"),
+            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
+        );
         assert_eq!(base64_lite::encode(b"ab"), "YWI=");
         assert_eq!(base64_lite::encode(b"abc"), "YWJj");
         assert_eq!(base64_lite::encode(b""), "");

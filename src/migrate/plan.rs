@@ -50,7 +50,8 @@ impl Planner {
         self.width = if memory == 0 {
             grown
         } else {
-            self.fit(range.len(), memory).clamp(self.min, grown.max(self.min))
+            self.fit(range.len(), memory)
+                .clamp(self.min, grown.max(self.min))
         };
     }
 
@@ -110,7 +111,13 @@ mod tests {
         assert_eq!(p.width, H / 4);
         // Empty stretches: double back up to the maximum.
         for _ in 0..5 {
-            p.observed(Range { start: 0, end: p.width }, 0);
+            p.observed(
+                Range {
+                    start: 0,
+                    end: p.width,
+                },
+                0,
+            );
         }
         assert_eq!(p.width, H);
     }
@@ -118,8 +125,25 @@ mod tests {
     #[test]
     fn a_slab_at_the_minimum_cannot_be_split() {
         let mut p = Planner::new(0, H, H, 1000, 1 << 20);
-        assert!(p.too_big(Range { start: 0, end: 1000 }, 2 << 20).is_none());
-        let (a, b) = p.too_big(Range { start: 0, end: 1500 }, 2 << 20).unwrap();
+        assert!(
+            p.too_big(
+                Range {
+                    start: 0,
+                    end: 1000
+                },
+                2 << 20
+            )
+            .is_none()
+        );
+        let (a, b) = p
+            .too_big(
+                Range {
+                    start: 0,
+                    end: 1500,
+                },
+                2 << 20,
+            )
+            .unwrap();
         assert_eq!((a.end, b.start, b.end), (1000, 1000, 1500));
     }
 }

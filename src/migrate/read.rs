@@ -79,7 +79,9 @@ impl Read {
 #[derive(Debug)]
 pub enum ReadError {
     /// The range holds more than the memory budget: read a shorter one.
-    TooBig { memory: usize },
+    TooBig {
+        memory: usize,
+    },
     Failed(Failure),
 }
 
@@ -113,7 +115,9 @@ impl Sink {
         let Some(id) = &self.skip_progress_of else {
             return false;
         };
-        labels.iter().any(|(n, v)| n == "__name__" && v == PROGRESS_METRIC)
+        labels
+            .iter()
+            .any(|(n, v)| n == "__name__" && v == PROGRESS_METRIC)
             && labels.iter().any(|(n, v)| n == "migration_id" && v == id)
     }
 
@@ -286,8 +290,7 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
                     continue;
                 }
                 for chunk in &cs.chunks {
-                    if chunk.max_time_ms < spec.range.start || chunk.min_time_ms >= spec.range.end
-                    {
+                    if chunk.max_time_ms < spec.range.start || chunk.min_time_ms >= spec.range.end {
                         continue;
                     }
                     if chunk.r#type != ChunkEncoding::Xor as i32 {
@@ -446,9 +449,15 @@ mod tests {
     #[test]
     fn the_migrations_own_progress_series_is_left_out() {
         let mut s = sink(false);
-        assert!(!s.series(labels(&[("__name__", PROGRESS_METRIC), ("migration_id", "m1")])));
+        assert!(!s.series(labels(&[
+            ("__name__", PROGRESS_METRIC),
+            ("migration_id", "m1")
+        ])));
         s.sample(150, 1.0);
-        assert!(s.series(labels(&[("__name__", PROGRESS_METRIC), ("migration_id", "other")])));
+        assert!(s.series(labels(&[
+            ("__name__", PROGRESS_METRIC),
+            ("migration_id", "other")
+        ])));
         let (data, _) = s.finish(false);
         assert!(matches!(data, Collect::Samples(v) if v.is_empty()));
     }

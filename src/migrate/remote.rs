@@ -139,10 +139,14 @@ impl Endpoint {
             HeaderName::from_static(name),
             HeaderValue::from_static(version),
         );
-        let resp = self.upstream.send(req).await.map_err(|e| Failure::Transient {
-            detail: format!("{} {}: {e}", self.role, self.uri),
-            retry_after: None,
-        })?;
+        let resp = self
+            .upstream
+            .send(req)
+            .await
+            .map_err(|e| Failure::Transient {
+                detail: format!("{} {}: {e}", self.role, self.uri),
+                retry_after: None,
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -196,7 +200,9 @@ pub fn parse_retry_after(v: &str, now_ms: i64) -> Option<Duration> {
     ];
     let m = MONTHS.iter().position(|m| m == month)? + 1;
     let at = crate::time::parse_rfc3339(&format!("{year}-{m:02}-{day:0>2}T{clock}Z")).ok()?;
-    Some(Duration::from_millis(u64::try_from(at - now_ms).unwrap_or(0)))
+    Some(Duration::from_millis(
+        u64::try_from(at - now_ms).unwrap_or(0),
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -277,8 +283,14 @@ impl Retry {
 /// Why a retried operation did not succeed.
 #[derive(Debug)]
 pub enum Failed {
-    Refused { status: StatusCode, body: String },
-    GaveUp { attempts: u32, last: String },
+    Refused {
+        status: StatusCode,
+        body: String,
+    },
+    GaveUp {
+        attempts: u32,
+        last: String,
+    },
     /// A stop was requested while waiting to retry.
     Stopped,
 }
@@ -370,11 +382,22 @@ mod tests {
             backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(4),
         };
-        let d: Vec<u64> = (1..=6).map(|n| r.delay(n, None).as_millis() as u64).collect();
+        let d: Vec<u64> = (1..=6)
+            .map(|n| r.delay(n, None).as_millis() as u64)
+            .collect();
         assert_eq!(d, vec![500, 1000, 2000, 4000, 4000, 4000]);
-        assert_eq!(r.delay(1, Some(Duration::from_secs(9))), Duration::from_secs(9));
-        assert_eq!(r.delay(4, Some(Duration::from_secs(1))), Duration::from_secs(4));
-        assert_eq!(r.delay(1, Some(Duration::from_secs(86_400))), MAX_RETRY_AFTER);
+        assert_eq!(
+            r.delay(1, Some(Duration::from_secs(9))),
+            Duration::from_secs(9)
+        );
+        assert_eq!(
+            r.delay(4, Some(Duration::from_secs(1))),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            r.delay(1, Some(Duration::from_secs(86_400))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -45,9 +45,17 @@ impl Reason {
             "duplicate sample for timestamp",
         ]) {
             Reason::DuplicateTimestamp
-        } else if has(&["err-mimir-max-series-per", "per-user series limit", "series limit"]) {
+        } else if has(&[
+            "err-mimir-max-series-per",
+            "per-user series limit",
+            "series limit",
+        ]) {
             Reason::SeriesLimit
-        } else if has(&["err-mimir-label", "err-mimir-missing-metric-name", "invalid label"]) {
+        } else if has(&[
+            "err-mimir-label",
+            "err-mimir-missing-metric-name",
+            "invalid label",
+        ]) {
             Reason::InvalidLabels
         } else {
             Reason::Other
@@ -242,11 +250,23 @@ impl Report {
         if let Some(r) = &self.resumed_from {
             let _ = writeln!(o, "  resumed from {r} (start {})", self.start);
         }
-        let _ = writeln!(o, "  destination holds the range up to {}", self.completed_through);
+        let _ = writeln!(
+            o,
+            "  destination holds the range up to {}",
+            self.completed_through
+        );
         let _ = writeln!(
             o,
             "\n  {:<20} {:<20} {:>8} {:>11} {:>11} {:>9} {:>9} {:>7} {:>8}",
-            "slab start", "slab end", "series", "samples rd", "samples wr", "skipped", "rejected", "retries", "seconds"
+            "slab start",
+            "slab end",
+            "series",
+            "samples rd",
+            "samples wr",
+            "skipped",
+            "rejected",
+            "retries",
+            "seconds"
         );
         let row = |o: &mut String, s: &SlabReport| {
             let _ = writeln!(
@@ -330,7 +350,12 @@ impl Report {
                 let _ = writeln!(
                     o,
                     "    {} .. {}: source {} series / {} samples, destination {} series / {} samples",
-                    m.start, m.end, m.source_series, m.source_samples, m.destination_series, m.destination_samples
+                    m.start,
+                    m.end,
+                    m.source_series,
+                    m.source_samples,
+                    m.destination_series,
+                    m.destination_samples
                 );
                 for e in &m.examples {
                     let _ = writeln!(o, "      {e}");
@@ -411,11 +436,20 @@ mod tests {
     #[test]
     fn mimir_and_prometheus_refusals_are_told_apart() {
         for (body, want) in [
-            ("err-mimir-sample-out-of-order: the sample has been rejected because another sample with a more recent timestamp has already been ingested", Reason::OutOfOrder),
+            (
+                "err-mimir-sample-out-of-order: the sample has been rejected because another sample with a more recent timestamp has already been ingested",
+                Reason::OutOfOrder,
+            ),
             ("out of order sample", Reason::OutOfOrder),
-            ("err-mimir-sample-timestamp-too-old: the sample has been rejected because its timestamp is too old", Reason::TooOld),
+            (
+                "err-mimir-sample-timestamp-too-old: the sample has been rejected because its timestamp is too old",
+                Reason::TooOld,
+            ),
             ("out of bounds", Reason::TooOld),
-            ("err-mimir-too-far-in-past: the sample has been rejected because its timestamp is too far in the past", Reason::TooFarInPast),
+            (
+                "err-mimir-too-far-in-past: the sample has been rejected because its timestamp is too far in the past",
+                Reason::TooFarInPast,
+            ),
             ("duplicate sample for timestamp", Reason::DuplicateTimestamp),
             ("err-mimir-max-series-per-user", Reason::SeriesLimit),
             ("err-mimir-label-value-too-long", Reason::InvalidLabels),
@@ -423,15 +457,30 @@ mod tests {
         ] {
             assert_eq!(Reason::classify(body), want, "{body}");
         }
-        assert!(Reason::OutOfOrder.hint().contains("-ingester.out-of-order-time-window"));
-        assert!(Reason::TooFarInPast.hint().contains("-validation.past-grace-period"));
+        assert!(
+            Reason::OutOfOrder
+                .hint()
+                .contains("-ingester.out-of-order-time-window")
+        );
+        assert!(
+            Reason::TooFarInPast
+                .hint()
+                .contains("-validation.past-grace-period")
+        );
     }
 
     #[test]
     fn commands_are_quoted_for_the_shell() {
-        let args: Vec<String> = ["tenantgate", "migrate", "--match", "up{job=\"a b\"}", "--tenant", "it's"]
-            .map(String::from)
-            .to_vec();
+        let args: Vec<String> = [
+            "tenantgate",
+            "migrate",
+            "--match",
+            "up{job=\"a b\"}",
+            "--tenant",
+            "it's",
+        ]
+        .map(String::from)
+        .to_vec();
         assert_eq!(
             shell_command(&args),
             r#"tenantgate migrate --match 'up{job="a b"}' --tenant 'it'\''s'"#
@@ -466,6 +515,9 @@ mod tests {
         assert_eq!(r.rejections[0].first_message, "first");
         assert_eq!(r.rejections[0].requests, 2);
         let text = r.to_text(10);
-        assert!(text.contains("REJECTED 15 samples in 2 requests: OutOfOrder"), "{text}");
+        assert!(
+            text.contains("REJECTED 15 samples in 2 requests: OutOfOrder"),
+            "{text}"
+        );
     }
 }

@@ -74,7 +74,9 @@ pub fn parse(s: &str) -> Result<Vec<LabelMatcher>, String> {
         return Err(err(&p, "unexpected text"));
     }
     if out.is_empty() {
-        return Err(format!("selector {s:?} selects nothing: give a metric name or a matcher"));
+        return Err(format!(
+            "selector {s:?} selects nothing: give a metric name or a matcher"
+        ));
     }
     let matches_empty = |m: &LabelMatcher| match MatchType::try_from(m.r#type) {
         Ok(MatchType::Eq) => m.value.is_empty(),
@@ -199,7 +201,10 @@ mod tests {
 
     #[test]
     fn parses_names_matchers_and_quotes() {
-        assert_eq!(parse("up").unwrap(), vec![m(MatchType::Eq, "__name__", "up")]);
+        assert_eq!(
+            parse("up").unwrap(),
+            vec![m(MatchType::Eq, "__name__", "up")]
+        );
         assert_eq!(
             parse(r#" node_cpu:rate5m { job = "node", mode!~'idle|iowait' , cpu=~`1\d`, } "#)
                 .unwrap(),

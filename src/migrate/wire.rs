@@ -188,7 +188,11 @@ fn varint_len(v: u64) -> usize {
 
 /// The encoded size of one `Label` message body.
 fn label_len(name: &str, value: &str) -> usize {
-    1 + varint_len(name.len() as u64) + name.len() + 1 + varint_len(value.len() as u64) + value.len()
+    1 + varint_len(name.len() as u64)
+        + name.len()
+        + 1
+        + varint_len(value.len() as u64)
+        + value.len()
 }
 
 /// The encoded size of one `Sample` message body (both fields always written, so `0.0` and
@@ -225,8 +229,9 @@ pub struct WriteEncoder {
 impl WriteEncoder {
     /// Appends one `TimeSeries`.
     pub fn push(&mut self, labels: &[(String, String)], samples: &[(i64, f64)]) {
-        use prost::encoding::{encode_key, encode_varint, WireType};
-        let body = series_overhead(labels) + samples.iter().map(|s| sample_cost(s.0)).sum::<usize>();
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        let body =
+            series_overhead(labels) + samples.iter().map(|s| sample_cost(s.0)).sum::<usize>();
         encode_key(1, WireType::LengthDelimited, &mut self.buf);
         encode_varint(body as u64, &mut self.buf);
         for (name, value) in labels {
@@ -338,7 +343,9 @@ impl FrameReader {
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= MAX_FRAME)
-            .ok_or_else(|| format!("frame {n}: {len} bytes is more than the {MAX_FRAME} accepted"))?;
+            .ok_or_else(|| {
+                format!("frame {n}: {len} bytes is more than the {MAX_FRAME} accepted")
+            })?;
         if rest.len() < used + 4 + len {
             return Ok(None);
         }
@@ -394,7 +401,12 @@ mod tests {
             ("__name__".to_owned(), "up".to_owned()),
             ("job".to_owned(), "a".repeat(300)),
         ];
-        let samples = vec![(-1, 0.0), (0, -0.0), (1_700_000_000_000, f64::NAN), (5, 1e300)];
+        let samples = vec![
+            (-1, 0.0),
+            (0, -0.0),
+            (1_700_000_000_000, f64::NAN),
+            (5, 1e300),
+        ];
         let mut enc = WriteEncoder::default();
         enc.push(&labels, &samples);
         enc.push(&labels[..1], &[]);
@@ -462,6 +474,9 @@ mod tests {
     fn a_snappy_bomb_is_refused_before_it_is_inflated() {
         let body = snappy(&vec![0u8; 1 << 20]).unwrap();
         assert!(matches!(unsnappy(&body, 1000), Err(Unsnappy::TooBig(n)) if n == 1 << 20));
-        assert!(matches!(unsnappy(b"\xff\xff\xff", 1000), Err(Unsnappy::Bad(_))));
+        assert!(matches!(
+            unsnappy(b"\xff\xff\xff", 1000),
+            Err(Unsnappy::Bad(_))
+        ));
     }
 }

@@ -549,12 +549,18 @@ impl Prometheus {
             std::fs::write(&config_file, config(port))
                 .map_err(|e| format!("cannot write {}: {e}", config_file.display()))?;
             let mut cmd = Command::new(&bins.prometheus);
-            cmd.arg(format!("--config.file={}", config_file.display()))
-                .arg(format!(
+            cmd.arg(format!("--config.file={}", config_file.display()));
+            // A caller may bring its own data (e.g. blocks made by promtool).
+            if !extra_args
+                .iter()
+                .any(|a| a.starts_with("--storage.tsdb.path="))
+            {
+                cmd.arg(format!(
                     "--storage.tsdb.path={}",
                     dir.join(format!("{name}-data-{attempt}")).display()
-                ))
-                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                ));
+            }
+            cmd.arg(format!("--web.listen-address=127.0.0.1:{port}"))
                 .args(extra_args);
             if !route_prefix.is_empty() {
                 cmd.arg(format!("--web.route-prefix={route_prefix}"))
@@ -736,6 +742,8 @@ http {{
 
     # Like Mimir: a missing or empty X-Scope-OrgID is "401 no org id".
     map $http_x_scope_orgid $e2e_no_org_id {{ "" 1; default 0; }}
+    # Like an auth gateway in front of Mimir: one tenant is not allowed.
+    map $http_x_scope_orgid $e2e_denied {{ "e2e-denied" 1; default 0; }}
 
     proxy_http_version 1.1;
     proxy_set_header Connection "";
@@ -769,12 +777,14 @@ http {{
         # Mimir's remote write path -> Prometheus' remote write receiver.
         location = /api/v1/push {{
             if ($e2e_no_org_id) {{ return 401 "no org id\n"; }}
+            if ($e2e_denied) {{ return 403 "tenant e2e-denied is not allowed\n"; }}
             rewrite ^ /prometheus/api/v1/write break;
             proxy_pass http://127.0.0.1:{prometheus_port};
         }}
 
         location / {{
             if ($e2e_no_org_id) {{ return 401 "no org id\n"; }}
+            if ($e2e_denied) {{ return 403 "tenant e2e-denied is not allowed\n"; }}
             proxy_pass http://127.0.0.1:{prometheus_port};
         }}
     }}
