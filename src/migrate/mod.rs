@@ -676,13 +676,14 @@ enum Halt {
     Fatal(String),
 }
 
+/// A read running ahead: the data (or how much memory it needed when it did not fit), and the
+/// retries it took.
+type ReadTask = tokio::task::JoinHandle<(Result<Result<Read, usize>, Failed>, u64)>;
+
 /// A read running ahead, or one still to start.
 enum Slot {
     Pending(Range),
-    Running(
-        Range,
-        tokio::task::JoinHandle<(Result<Result<Read, usize>, Failed>, u64)>,
-    ),
+    Running(Range, ReadTask),
 }
 
 struct Migration {
@@ -1122,10 +1123,7 @@ impl Migration {
         result.map(|()| self.completed)
     }
 
-    fn spawn_read(
-        &self,
-        range: Range,
-    ) -> tokio::task::JoinHandle<(Result<Result<Read, usize>, Failed>, u64)> {
+    fn spawn_read(&self, range: Range) -> ReadTask {
         let source = self.plan.source.clone();
         let matchers = self.plan.matchers.clone();
         let budget = self.plan.slab_budget;
@@ -1176,12 +1174,10 @@ impl Migration {
         let mut accepted = vec![false; series.len()];
         for (i, s) in series.iter().enumerate() {
             let mut samples: &[(i64, f64)] = &s.samples;
-            if check_already {
-                if let Some(&newest) = self.already.get(&s.labels) {
-                    let keep_from = samples.partition_point(|x| x.0 <= newest);
-                    slab.samples_skipped += keep_from as u64;
-                    samples = &samples[keep_from..];
-                }
+            if check_already && let Some(&newest) = self.already.get(&s.labels) {
+                let keep_from = samples.partition_point(|x| x.0 <= newest);
+                slab.samples_skipped += keep_from as u64;
+                samples = &samples[keep_from..];
             }
             let overhead = wire::series_entry_len(&s.labels, &[]) + 10;
             while !samples.is_empty() {
@@ -1372,7 +1368,7 @@ impl Migration {
                     ReadError::Failed(f) => format!("reading the source: {f}"),
                 })
             })?;
-            let est = read.samples() as f64 * (e - s) as f64 / probe.len() as f64;
+            let est = read.samples() as f64 * (e - s) as f64 / probe.width() as f64;
             total_samples += est;
             max_series = max_series.max(read.series());
             println!(

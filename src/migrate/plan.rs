@@ -50,7 +50,7 @@ impl Planner {
         self.width = if memory == 0 {
             grown
         } else {
-            self.fit(range.len(), memory)
+            self.fit(range.width(), memory)
                 .clamp(self.min, grown.max(self.min))
         };
     }
@@ -58,14 +58,14 @@ impl Planner {
     /// `range` holds more than the budget (`memory` seen when the read stopped): the halves to
     /// read instead, or `None` when it is already as narrow as allowed.
     pub(super) fn too_big(&mut self, range: Range, memory: usize) -> Option<(Range, Range)> {
-        if range.len() <= self.min {
+        if range.width() <= self.min {
             return None;
         }
-        let mid = range.start + (range.len() / 2).max(self.min).min(range.len() - 1);
+        let mid = range.start + (range.width() / 2).max(self.min).min(range.width() - 1);
         // `memory` is a lower bound (the read stopped early): never wider than half.
         self.width = self
-            .fit(range.len(), memory)
-            .min(range.len() / 2)
+            .fit(range.width(), memory)
+            .min(range.width() / 2)
             .max(self.min);
         Some((
             Range {
@@ -92,7 +92,7 @@ mod tests {
         let mut at = 0;
         while let Some(r) = p.next() {
             assert_eq!(r.start, at);
-            assert!(r.len() > 0 && r.len() <= H);
+            assert!(r.width() > 0 && r.width() <= H);
             at = r.end;
         }
         assert_eq!(at, 10 * H + 5);

@@ -23,7 +23,7 @@ pub struct Range {
 }
 
 impl Range {
-    pub fn len(&self) -> i64 {
+    pub fn width(&self) -> i64 {
         self.end - self.start
     }
 

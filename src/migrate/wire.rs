@@ -416,7 +416,8 @@ mod tests {
         );
         assert_eq!((enc.series(), enc.samples()), (2, 4));
         let body = enc.finish().unwrap();
-        assert!(enc.is_empty() && enc.len() == 0);
+        assert!(enc.is_empty());
+        assert_eq!(enc.len(), 0);
         let raw = unsnappy(&body, 1 << 20).unwrap();
         let req = WriteRequest::decode(raw.as_slice()).unwrap();
         assert_eq!(req.timeseries.len(), 2);

@@ -242,7 +242,7 @@ mod tests {
     impl BitWriter {
         fn bits(&mut self, v: u64, n: u32) {
             for i in (0..n).rev() {
-                if self.used % 8 == 0 {
+                if self.used.is_multiple_of(8) {
                     self.out.push(0);
                 }
                 if (v >> i) & 1 == 1 {
