@@ -250,6 +250,20 @@ impl Report {
         if let Some(r) = &self.resumed_from {
             let _ = writeln!(o, "  resumed from {r} (start {})", self.start);
         }
+        if self.slabs.is_empty() {
+            // Nothing was copied in this run (failed validation, or nothing left to copy).
+            if self.outcome != Outcome::Failed {
+                let _ = writeln!(
+                    o,
+                    "  nothing to copy: the destination holds the range up to {}",
+                    self.completed_through
+                );
+            }
+            if let Some(cmd) = &self.resume_command {
+                let _ = writeln!(o, "\n  run again with:\n    {cmd}");
+            }
+            return o;
+        }
         let _ = writeln!(
             o,
             "  destination holds the range up to {}",
@@ -328,7 +342,7 @@ impl Report {
         for r in &self.rejections {
             let _ = writeln!(
                 o,
-                "\n  REJECTED {} samples in {} requests: {:?}\n    destination said: {}\n    fix: {}",
+                "\n  REJECTED {} samples in {} request(s): {:?}\n    destination said: {}\n    fix: {}",
                 r.samples, r.requests, r.reason, r.first_message, r.hint
             );
         }
@@ -514,9 +528,10 @@ mod tests {
         assert_eq!(reasons(&r.rejections).get(&Reason::OutOfOrder), Some(&15));
         assert_eq!(r.rejections[0].first_message, "first");
         assert_eq!(r.rejections[0].requests, 2);
+        r.slabs.push(slab_report(0, 1000));
         let text = r.to_text(10);
         assert!(
-            text.contains("REJECTED 15 samples in 2 requests: OutOfOrder"),
+            text.contains("REJECTED 15 samples in 2 request(s): OutOfOrder"),
             "{text}"
         );
     }
