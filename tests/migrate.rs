@@ -199,8 +199,9 @@ impl Run {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{sig}"), self.pid().to_string()])
+        // The shell's builtin: no procps needed.
+        let ok = Command::new("bash")
+            .args(["-c", &format!("kill -{sig} {}", self.pid())])
             .status()
             .unwrap()
             .success();

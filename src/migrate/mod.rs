@@ -10,7 +10,9 @@
 //!
 //! A run killed between a slab's writes and its progress record leaves a partly written slab.
 //! The next run reads the destination over one slab's width after the recorded progress and
-//! skips, per series, the samples already there: nothing is lost and nothing is sent twice.
+//! skips, per series, the samples already there: nothing is lost and nothing is sent twice, as
+//! long as the destination reads series back with the labels they were written with. A slab
+//! whose progress cannot be recorded stops the run, so there is never more than one such slab.
 
 mod plan;
 pub mod read;
@@ -88,7 +90,8 @@ pub struct MigrateArgs {
     #[arg(long = "from-tenant", value_name = "ID")]
     pub from_tenant: Option<String>,
     /// Names this migration's progress series; a run with the same id resumes it. Default: a
-    /// hash of --from, --to, the tenant and the selectors.
+    /// hash of the source and destination URLs, the tenant and the selectors (not --start: to
+    /// copy earlier than a finished run's range, give a new id).
     #[arg(long = "migration-id", value_name = "ID")]
     pub migration_id: Option<String>,
     /// Memory the migration may use; slabs shrink when the data is dense.
@@ -98,7 +101,7 @@ pub struct MigrateArgs {
     /// out-of-order window: their TSDB head accepts samples up to 1h older than its newest.
     #[arg(long = "max-slab", value_name = "DURATION", default_value = "1h")]
     pub max_slab: String,
-    /// Slabs read ahead of the one being written.
+    /// Slabs read at once, ahead of the one being written (which memory also holds).
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub concurrency: u16,
     /// Largest remote write request (protobuf, before compression).
@@ -190,6 +193,8 @@ pub struct MigrateArgs {
 const RESERVED_MEMORY: u64 = 24 << 20;
 /// The shortest slab: one second of a source denser than the memory allows is an error.
 const MIN_SLAB_MS: i64 = 1000;
+/// The longest slab accepted.
+const MAX_SLAB_MS: i64 = 31 * 24 * 3600 * 1000;
 /// Window of the validation read and of the per-slab estimate of `--dry-run`.
 const PROBE_MS: i64 = 5 * 60 * 1000;
 /// Progress log lines when there is no terminal.
@@ -245,8 +250,9 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
         let report = m.run(&args).await;
         let code = match report.outcome {
             Outcome::Failed => 1,
-            _ if report.has_losses() => 3,
-            _ => 0,
+            Outcome::Stopped => 0,
+            Outcome::Complete if report.has_losses() => 3,
+            Outcome::Complete => 0,
         };
         if args.dry_run && report.outcome == Outcome::Complete {
             // The plan is the output.
@@ -517,8 +523,8 @@ impl Plan {
         }
         let max_slab = parse_duration(&args.max_slab).map_err(|e| format!("--max-slab: {e}"))?;
         let max_slab = max_slab.as_millis() as i64;
-        if max_slab < MIN_SLAB_MS {
-            return Err("--max-slab must be at least 1s".into());
+        if !(MIN_SLAB_MS..=MAX_SLAB_MS).contains(&max_slab) {
+            return Err("--max-slab must be between 1s and 31d".into());
         }
         let timeout = parse_duration(&args.timeout).map_err(|e| format!("--timeout: {e}"))?;
         let timeouts = Timeouts {
@@ -956,7 +962,7 @@ impl Migration {
             .iter()
             .flat_map(|s| s.samples.iter())
             .map(|s| (s.1 * 1000.0).round())
-            .filter(|v| v.is_finite())
+            .filter(|v| v.is_finite() && *v >= 0.0 && *v < 1e15)
             .fold(None, |acc: Option<f64>, v| {
                 Some(acc.map_or(v, |a| a.max(v)))
             });
@@ -965,7 +971,9 @@ impl Migration {
 
     /// What the destination already holds just after the resume point, per series.
     async fn load_already(&mut self, cursor: i64) -> Result<(), Halt> {
-        let until = (cursor + self.plan.max_slab).min(self.plan.current_end().max(cursor + 1));
+        let until = cursor
+            .saturating_add(self.plan.max_slab)
+            .min(self.plan.current_end().max(cursor + 1));
         let spec = ReadSpec {
             range: Range {
                 start: cursor,
@@ -1028,13 +1036,28 @@ impl Migration {
                     None => break,
                 }
             }
-            for slot in queue.iter_mut().take(self.plan.concurrency) {
+            // Front first, and never more than --concurrency reads at once (a split slab's
+            // halves wait their turn behind reads already running).
+            let mut running = queue
+                .iter()
+                .filter(|s| matches!(s, Slot::Running(..)))
+                .count();
+            for slot in queue.iter_mut() {
+                if running >= self.plan.concurrency {
+                    break;
+                }
                 if let Slot::Pending(r) = *slot {
                     *slot = Slot::Running(r, self.spawn_read(r));
+                    running += 1;
                 }
             }
-            let Some(Slot::Running(range, handle)) = queue.pop_front() else {
-                break Ok(());
+            if self.stop.requested() {
+                break Err(Halt::Stopped);
+            }
+            let (range, handle) = match queue.pop_front() {
+                Some(Slot::Running(range, handle)) => (range, handle),
+                Some(Slot::Pending(range)) => (range, self.spawn_read(range)),
+                None => break Ok(()),
             };
             let began = Instant::now();
             let joined = tokio::select! {
@@ -1097,7 +1120,14 @@ impl Migration {
                 }
                 return Err(h);
             }
-            self.record_progress(range.end).await;
+            if let Err(e) = self.record_progress(range.end).await {
+                for slot in queue {
+                    if let Slot::Running(_, h) = slot {
+                        h.abort();
+                    }
+                }
+                return Err(e);
+            }
             self.completed = range.end;
             slab.duration_ms = began.elapsed().as_millis() as u64;
             self.progress.slab_done(&slab, range.end);
@@ -1234,9 +1264,10 @@ impl Migration {
         let len = body.len() as u64;
         let mut retries = 0;
         let dest = &self.plan.dest;
+        // The first signal lets the slab in flight finish; only a second one gives up here.
         let sent = retrying(
             &self.plan.retry,
-            &self.stop,
+            &self.stop.abandon_only(),
             "write to the destination",
             &mut retries,
             || dest.post(body.clone()),
@@ -1280,19 +1311,15 @@ impl Migration {
     }
 
     /// Records that the destination holds the range up to `end` (exclusive).
-    async fn record_progress(&mut self, end: i64) {
+    /// A slab whose progress cannot be recorded stops the run: the next run's check of what the
+    /// destination already holds covers one slab after the recorded progress, no more.
+    async fn record_progress(&mut self, end: i64) -> Result<(), Halt> {
         let mut enc = WriteEncoder::default();
         enc.push(
             &self.plan.progress_labels(),
             &[(end - 1, end as f64 / 1000.0)],
         );
-        let body = match enc.finish() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot encode the progress sample");
-                return;
-            }
-        };
+        let body = enc.finish().map_err(Halt::Fatal)?;
         let mut retries = 0;
         let dest = &self.plan.dest;
         // Recorded even while stopping: that is what makes the stop resumable.
@@ -1308,12 +1335,14 @@ impl Migration {
             r = r => r,
             () = self.stop.wait_abandon() => Err(Failed::Stopped),
         };
-        if let Err(e) = r {
-            tracing::warn!(
-                error = %e,
-                through = %format_rfc3339(end),
-                "cannot record progress; a restart redoes this slab (samples already written are skipped)"
-            );
+        match r {
+            Ok(_) => Ok(()),
+            Err(Failed::Stopped) => Err(Halt::Stopped),
+            Err(e) => Err(Halt::Fatal(format!(
+                "cannot record progress through {} in the destination: {e}; a restart redoes \
+                 this slab, skipping the samples already written",
+                format_rfc3339(end)
+            ))),
         }
     }
 

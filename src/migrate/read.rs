@@ -108,6 +108,8 @@ struct Sink {
     skipped_chunks: u64,
     /// Index of the series being filled (series arrive contiguously).
     current: Option<usize>,
+    /// The query the last series came from: a series continues only within one query.
+    query: i64,
 }
 
 impl Sink {
@@ -122,13 +124,14 @@ impl Sink {
     }
 
     /// Starts (or continues, when it is the same as the last one) a series.
-    fn series(&mut self, mut labels: Labels) -> bool {
+    fn series(&mut self, mut labels: Labels, query: i64) -> bool {
         labels.sort();
+        let same_query = std::mem::replace(&mut self.query, query) == query;
         if self.is_skipped(&labels) {
             self.current = None;
             return false;
         }
-        let same = |l: &Labels| *l == labels;
+        let same = |l: &Labels| same_query && *l == labels;
         let idx = match &mut self.data {
             Collect::Samples(v) => {
                 if v.last().is_some_and(|s| same(&s.labels)) {
@@ -254,6 +257,7 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
         skip_progress_of: spec.skip_progress_of.map(str::to_owned),
         skipped_chunks: 0,
         current: None,
+        query: 0,
     };
     let broken = |detail: String| {
         ReadError::Failed(Failure::Transient {
@@ -286,7 +290,7 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
         while let Some(msg) = frames.next_frame().map_err(broken)? {
             for cs in msg.chunked_series {
                 let labels = cs.labels.into_iter().map(|l| (l.name, l.value)).collect();
-                if !sink.series(labels) {
+                if !sink.series(labels, msg.query_index) {
                     continue;
                 }
                 for chunk in &cs.chunks {
@@ -310,6 +314,11 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
                         continue;
                     }
                     xor::decode_each(&chunk.data, |t, v| sink.sample(t, v)).map_err(broken)?;
+                    if sink.over_budget() {
+                        return Err(ReadError::TooBig {
+                            memory: sink.memory,
+                        });
+                    }
                 }
                 if sink.over_budget() {
                     return Err(ReadError::TooBig {
@@ -341,10 +350,10 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
         let resp = ReadResponse::decode(raw.as_slice())
             .map_err(|e| broken(format!("response is not a prometheus.ReadResponse: {e}")))?;
         drop(raw);
-        for result in resp.results {
+        for (query, result) in resp.results.into_iter().enumerate() {
             for ts in result.timeseries {
                 let labels = ts.labels.into_iter().map(|l| (l.name, l.value)).collect();
-                if sink.series(labels) {
+                if sink.series(labels, query as i64) {
                     for s in ts.samples {
                         sink.sample(s.timestamp, s.value);
                     }
@@ -392,6 +401,7 @@ mod tests {
             skip_progress_of: Some("m1".into()),
             skipped_chunks: 0,
             current: None,
+            query: 0,
         }
     }
 
@@ -405,16 +415,16 @@ mod tests {
     #[test]
     fn keeps_exactly_the_half_open_range_and_merges_continued_series() {
         let mut s = sink(false);
-        assert!(s.series(labels(&[("job", "a"), ("__name__", "up")])));
+        assert!(s.series(labels(&[("job", "a"), ("__name__", "up")]), 0));
         for t in [99, 100, 150] {
             s.sample(t, 1.0);
         }
         // The same series again (next frame): continued, not duplicated.
-        assert!(s.series(labels(&[("__name__", "up"), ("job", "a")])));
+        assert!(s.series(labels(&[("__name__", "up"), ("job", "a")]), 0));
         for t in [199, 200] {
             s.sample(t, 2.0);
         }
-        assert!(s.series(labels(&[("__name__", "up"), ("job", "b")])));
+        assert!(s.series(labels(&[("__name__", "up"), ("job", "b")]), 0));
         s.sample(250, 1.0);
         assert!(s.memory > 0);
         let (data, _) = s.finish(false);
@@ -427,12 +437,12 @@ mod tests {
     #[test]
     fn series_from_two_queries_are_merged_once() {
         let mut s = sink(true);
-        s.series(labels(&[("__name__", "a")]));
+        s.series(labels(&[("__name__", "a")]), 0);
         s.sample(100, 1.0);
         s.sample(101, 1.0);
-        s.series(labels(&[("__name__", "b")]));
+        s.series(labels(&[("__name__", "b")]), 0);
         s.sample(100, 1.0);
-        s.series(labels(&[("__name__", "a")]));
+        s.series(labels(&[("__name__", "a")]), 1);
         s.sample(100, 1.0);
         s.sample(101, 1.0);
         let (data, _) = s.finish(true);
@@ -447,17 +457,32 @@ mod tests {
     }
 
     #[test]
+    fn a_series_ending_one_query_and_starting_the_next_is_not_doubled() {
+        let mut s = sink(false);
+        s.series(labels(&[("__name__", "a")]), 0);
+        s.sample(100, 1.0);
+        s.sample(101, 2.0);
+        s.series(labels(&[("__name__", "a")]), 1);
+        s.sample(100, 1.0);
+        s.sample(101, 2.0);
+        let (data, _) = s.finish(true);
+        let Collect::Samples(v) = data else { panic!() };
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].samples, vec![(100, 1.0), (101, 2.0)]);
+    }
+
+    #[test]
     fn the_migrations_own_progress_series_is_left_out() {
         let mut s = sink(false);
-        assert!(!s.series(labels(&[
-            ("__name__", PROGRESS_METRIC),
-            ("migration_id", "m1")
-        ])));
+        assert!(!s.series(
+            labels(&[("__name__", PROGRESS_METRIC), ("migration_id", "m1")]),
+            0
+        ));
         s.sample(150, 1.0);
-        assert!(s.series(labels(&[
-            ("__name__", PROGRESS_METRIC),
-            ("migration_id", "other")
-        ])));
+        assert!(s.series(
+            labels(&[("__name__", PROGRESS_METRIC), ("migration_id", "other")]),
+            0
+        ));
         let (data, _) = s.finish(false);
         assert!(matches!(data, Collect::Samples(v) if v.is_empty()));
     }

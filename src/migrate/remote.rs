@@ -210,10 +210,23 @@ pub fn parse_retry_after(v: &str, now_ms: i64) -> Option<Duration> {
 
 /// SIGINT/SIGTERM as the migration sees them: the first asks to stop after the slab in flight,
 /// the second to abandon it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Stop {
     level: Arc<AtomicU8>,
     notify: Arc<Notify>,
+    /// The level at which [`Stop::wait`] returns: 1 for reads, 2 for the writes of a slab in
+    /// flight, which the first signal lets finish.
+    threshold: u8,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Stop {
+            level: Arc::default(),
+            notify: Arc::default(),
+            threshold: 1,
+        }
+    }
 }
 
 impl Stop {
@@ -228,11 +241,19 @@ impl Stop {
         self.level.load(Ordering::SeqCst) >= 1
     }
 
-    /// Resolves once a stop is requested.
+    /// The same stop, seen by work that only the second signal interrupts.
+    pub fn abandon_only(&self) -> Stop {
+        Stop {
+            threshold: 2,
+            ..self.clone()
+        }
+    }
+
+    /// Resolves once a stop is requested (at this view's threshold).
     pub async fn wait(&self) {
         loop {
             let notified = self.notify.notified();
-            if self.requested() {
+            if self.level.load(Ordering::SeqCst) >= self.threshold {
                 return;
             }
             notified.await;
