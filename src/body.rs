@@ -110,3 +110,25 @@ impl Body for ProxyBody {
         }
     }
 }
+
+/// The start of a body, for an error message: reads until at least `limit` bytes (or the end,
+/// or an error) and returns what came, so a large or endless body is never read whole.
+pub async fn read_prefix<B>(body: B, limit: usize) -> Vec<u8>
+where
+    B: Body<Data = Bytes>,
+{
+    use http_body_util::BodyExt as _;
+    let mut body = std::pin::pin!(body);
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match body.as_mut().frame().await {
+            Some(Ok(frame)) => {
+                if let Some(d) = frame.data_ref() {
+                    out.extend_from_slice(d);
+                }
+            }
+            _ => break,
+        }
+    }
+    out
+}

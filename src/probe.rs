@@ -177,16 +177,7 @@ async fn call(
         .unwrap_or("")
         .to_owned();
     // Read at most a little of the body: enough for an error message.
-    let mut body = std::pin::pin!(resp.into_body());
-    let mut buf = Vec::new();
-    while let Some(Ok(frame)) = body.as_mut().frame().await {
-        if let Some(d) = frame.data_ref() {
-            buf.extend_from_slice(d);
-        }
-        if buf.len() > 4096 {
-            break;
-        }
-    }
+    let buf = crate::body::read_prefix(resp.into_body(), 4097).await;
     Ok(Answer {
         status,
         content_type,

@@ -215,14 +215,7 @@ impl Run {
     /// `VmHWM` of the running process, in bytes.
     fn peak_rss(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-        let kib: u64 = line[6..]
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+        tenantgate::migrate::report::vm_hwm(&status)
     }
 
     async fn finish(mut self, timeout: Duration) -> Finished {
@@ -481,6 +474,32 @@ async fn relay_one(
 
 // ---------------------------------------------------------------------------------------------
 
+/// A client, a source of `series` series sampled every minute for `hours`, and the Mimir
+/// stand-in as the destination; `None` (skipped, loudly) when the binaries are missing.
+async fn source_and_stand_in(
+    test: &str,
+    label: &str,
+    series: i64,
+    hours: i64,
+) -> Option<(Http, History, StandIn)> {
+    let bins = Binaries::require(test)?;
+    let http = Http::new();
+    let src = history(
+        &bins,
+        &http,
+        &format!("{label}-src"),
+        METRIC,
+        series,
+        hours,
+        60,
+    )
+    .await;
+    let dst = StandIn::start(&bins, &http, &format!("{label}-dst"))
+        .await
+        .unwrap();
+    Some((http, src, dst))
+}
+
 fn base_args(src: &History, to: &str) -> Vec<String> {
     args(&[
         "--from",
@@ -498,14 +517,11 @@ fn base_args(src: &History, to: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dry_run_writes_nothing_and_a_full_copy_has_exactly_the_source_samples() {
-    let Some(bins) = Binaries::require("migrate_full_copy") else {
+    let Some((http, src, dst)) =
+        source_and_stand_in("migrate_full_copy", "migrate-full", 20, 48).await
+    else {
         return;
     };
-    let http = Http::new();
-    let src = history(&bins, &http, "migrate-full-src", METRIC, 20, 48, 60).await;
-    let dst = StandIn::start(&bins, &http, "migrate-full-dst")
-        .await
-        .unwrap();
     let to = format!("{}/api/v1/push", dst.url());
     let dir = dst.dir.path().to_owned();
     let dst_prom = dst.prometheus.url();
@@ -587,14 +603,11 @@ async fn a_dry_run_writes_nothing_and_a_full_copy_has_exactly_the_source_samples
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_and_a_killed_migration_resume_without_gaps_or_duplicates() {
-    let Some(bins) = Binaries::require("migrate_resume") else {
+    let Some((http, src, dst)) =
+        source_and_stand_in("migrate_resume", "migrate-resume", 20, 24).await
+    else {
         return;
     };
-    let http = Http::new();
-    let src = history(&bins, &http, "migrate-resume-src", METRIC, 20, 24, 60).await;
-    let dst = StandIn::start(&bins, &http, "migrate-resume-dst")
-        .await
-        .unwrap();
     let relay = Relay::start(dst.url()).await;
     let dir = dst.dir.path().to_owned();
     let dst_prom = dst.prometheus.url();
@@ -681,14 +694,11 @@ async fn a_stopped_and_a_killed_migration_resume_without_gaps_or_duplicates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_waits_out_a_throttling_or_down_destination_and_completes() {
-    let Some(bins) = Binaries::require("migrate_destination_down") else {
+    let Some((http, src, mut dst)) =
+        source_and_stand_in("migrate_destination_down", "migrate-down", 10, 12).await
+    else {
         return;
     };
-    let http = Http::new();
-    let src = history(&bins, &http, "migrate-down-src", METRIC, 10, 12, 60).await;
-    let mut dst = StandIn::start(&bins, &http, "migrate-down-dst")
-        .await
-        .unwrap();
     let relay = Relay::start(dst.url()).await;
     let dir = dst.dir.path().to_owned();
 
@@ -733,14 +743,11 @@ async fn the_migration_waits_out_a_throttling_or_down_destination_and_completes(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_refuses_the_tenant_stops_the_migration_before_any_data() {
-    let Some(bins) = Binaries::require("migrate_tenant_refused") else {
+    let Some((http, src, dst)) =
+        source_and_stand_in("migrate_tenant_refused", "migrate-denied", 5, 4).await
+    else {
         return;
     };
-    let http = Http::new();
-    let src = history(&bins, &http, "migrate-denied-src", METRIC, 5, 4, 60).await;
-    let dst = StandIn::start(&bins, &http, "migrate-denied-dst")
-        .await
-        .unwrap();
     let dir = dst.dir.path().to_owned();
     let to = format!("{}/api/v1/push", dst.url());
 

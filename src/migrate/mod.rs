@@ -28,7 +28,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64_lite::encode as base64;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 
@@ -381,7 +380,10 @@ fn add_auth(
         }
         (None, Some((user, file))) => {
             let pass = read_secret(file, &format!("--{side}-basic-auth-password-file"))?;
-            format!("Basic {}", base64(format!("{user}:{pass}").as_bytes()))
+            format!(
+                "Basic {}",
+                crate::auth::base64_encode(format!("{user}:{pass}").as_bytes())
+            )
         }
         (None, None) => return Ok(()),
     };
@@ -710,21 +712,9 @@ impl Migration {
         let report = Report {
             migration_id: plan.id.clone(),
             tenant: plan.tenant.as_str().to_owned(),
-            outcome: Outcome::Complete,
-            error: None,
-            source_format: None,
-            resumed_from: None,
             start: format_rfc3339(plan.start),
             completed_through: format_rfc3339(plan.start),
-            slabs: Vec::new(),
-            total: SlabReport::default(),
-            rejections: Vec::new(),
-            skipped_histogram_chunks: 0,
-            duration_ms: 0,
-            samples_per_second: 0.0,
-            peak_memory_bytes: None,
-            verification: None,
-            resume_command: None,
+            ..Report::default()
         };
         let bar = match args.progress {
             ProgressMode::Bar => true,
@@ -767,7 +757,7 @@ impl Migration {
             self.report.samples_per_second = self.report.total.samples_written as f64 / secs;
         }
         self.report.peak_memory_bytes = report::peak_memory();
-        std::mem::replace(&mut self.report, empty_report())
+        std::mem::take(&mut self.report)
     }
 
     async fn run_inner(&mut self, args: &MigrateArgs) -> Result<(), Halt> {
@@ -832,18 +822,13 @@ impl Migration {
         };
         let source = &self.plan.source;
         let mut retries = 0;
-        let read = retrying(
+        let read = read::read_retrying(
+            source,
+            &spec,
             &self.plan.retry,
             &self.stop,
             "read from the source",
             &mut retries,
-            || async {
-                match read::read(source, &spec).await {
-                    Ok(r) => Ok(Ok(r)),
-                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                    Err(ReadError::Failed(f)) => Err(f),
-                }
-            },
         )
         .await;
         let read = match read {
@@ -925,18 +910,13 @@ impl Migration {
             skip_progress_of: None,
         };
         let mut retries = 0;
-        let read = retrying(
+        let read = read::read_retrying(
+            &self.plan.dest_read,
+            &spec,
             &self.plan.retry,
             &self.stop,
             "read progress",
             &mut retries,
-            || async {
-                match read::read(&self.plan.dest_read, &spec).await {
-                    Ok(r) => Ok(Ok(r)),
-                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                    Err(ReadError::Failed(f)) => Err(f),
-                }
-            },
         )
         .await;
         let read = match read {
@@ -985,18 +965,13 @@ impl Migration {
             skip_progress_of: Some(&self.plan.id),
         };
         let mut retries = 0;
-        let read = retrying(
+        let read = read::read_retrying(
+            &self.plan.dest_read,
+            &spec,
             &self.plan.retry,
             &self.stop,
             "read the destination",
             &mut retries,
-            || async {
-                match read::read(&self.plan.dest_read, &spec).await {
-                    Ok(r) => Ok(Ok(r)),
-                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                    Err(ReadError::Failed(f)) => Err(f),
-                }
-            },
         )
         .await;
         let read = match read {
@@ -1060,9 +1035,10 @@ impl Migration {
                 None => break Ok(()),
             };
             let began = Instant::now();
+            let abandon = self.stop.abandon_only();
             let joined = tokio::select! {
                 j = handle => j,
-                () = self.stop.wait_abandon() => break Err(Halt::Stopped),
+                () = abandon.wait() => break Err(Halt::Stopped),
             };
             let (outcome, read_retries) = match joined {
                 Ok(v) => v,
@@ -1106,10 +1082,10 @@ impl Migration {
             slab.series_read = read.series() as u64;
             slab.samples_read = read.samples();
             self.report.skipped_histogram_chunks += read.skipped_chunks;
-            let stop = self.stop.clone();
+            let abandon = self.stop.abandon_only();
             let written = tokio::select! {
                 w = self.write_slab(range, read, &mut slab) => w,
-                () = stop.wait_abandon() => Err(Halt::Stopped),
+                () = abandon.wait() => Err(Halt::Stopped),
             };
             if let Err(h) = written {
                 // Abandon the read-ahead; progress stays at the last completed slab.
@@ -1169,18 +1145,13 @@ impl Migration {
                 skip_progress_of: Some(&id),
             };
             let mut retries = 0;
-            let r = retrying(
+            let r = read::read_retrying(
+                &source,
+                &spec,
                 &retry,
                 &stop,
                 "read from the source",
                 &mut retries,
-                || async {
-                    match read::read(&source, &spec).await {
-                        Ok(r) => Ok(Ok(r)),
-                        Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                        Err(ReadError::Failed(f)) => Err(f),
-                    }
-                },
             )
             .await;
             (r, retries)
@@ -1322,18 +1293,18 @@ impl Migration {
         let body = enc.finish().map_err(Halt::Fatal)?;
         let mut retries = 0;
         let dest = &self.plan.dest;
-        // Recorded even while stopping: that is what makes the stop resumable.
-        let no_stop = Stop::default();
+        // Recorded even after a first signal: that is what makes the stop resumable.
+        let stop = self.stop.abandon_only();
         let r = retrying(
             &self.plan.retry,
-            &no_stop,
+            &stop,
             "record progress",
             &mut retries,
             || dest.post(body.clone()),
         );
         let r = tokio::select! {
             r = r => r,
-            () = self.stop.wait_abandon() => Err(Failed::Stopped),
+            () = stop.wait() => Err(Failed::Stopped),
         };
         match r {
             Ok(_) => Ok(()),
@@ -1484,18 +1455,13 @@ impl Migration {
             skip_progress_of: Some(&self.plan.id),
         };
         let mut retries = 0;
-        let r = retrying(
+        let r = read::read_retrying(
+            ep,
+            &spec,
             &self.plan.retry,
             &self.stop,
             "verify",
             &mut retries,
-            || async {
-                match read::read(ep, &spec).await {
-                    Ok(r) => Ok(Ok(r)),
-                    Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
-                    Err(ReadError::Failed(f)) => Err(f),
-                }
-            },
         )
         .await;
         match r {
@@ -1513,28 +1479,6 @@ impl Migration {
     }
 }
 
-fn empty_report() -> Report {
-    Report {
-        migration_id: String::new(),
-        tenant: String::new(),
-        outcome: Outcome::Complete,
-        error: None,
-        source_format: None,
-        resumed_from: None,
-        start: String::new(),
-        completed_through: String::new(),
-        slabs: Vec::new(),
-        total: SlabReport::default(),
-        rejections: Vec::new(),
-        skipped_histogram_chunks: 0,
-        duration_ms: 0,
-        samples_per_second: 0.0,
-        peak_memory_bytes: None,
-        verification: None,
-        resume_command: None,
-    }
-}
-
 /// Progress on stderr: a bar on a terminal, a log line every few seconds otherwise.
 struct Progress {
     bar: Option<indicatif::ProgressBar>,
@@ -1543,7 +1487,6 @@ struct Progress {
     last_log: Instant,
     begin_ms: i64,
     end_ms: i64,
-    done_ms: i64,
     slabs: u64,
     samples: u64,
     bytes: u64,
@@ -1558,7 +1501,6 @@ impl Progress {
             last_log: Instant::now(),
             begin_ms: 0,
             end_ms: 0,
-            done_ms: 0,
             slabs: 0,
             samples: 0,
             bytes: 0,
@@ -1572,7 +1514,6 @@ impl Progress {
             from
         };
         self.end_ms = to;
-        self.done_ms = from;
         if !self.use_bar {
             return;
         }
@@ -1596,7 +1537,6 @@ impl Progress {
         self.slabs += 1;
         self.samples += slab.samples_written;
         self.bytes += slab.bytes_read;
-        self.done_ms = through;
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
         let rate = self.samples as f64 / secs;
         let bytes_rate = self.bytes as f64 / secs;
@@ -1635,31 +1575,6 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-    }
-}
-
-/// Standard base64 (RFC 4648, with padding), for basic auth.
-mod base64_lite {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub(super) fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [
-                chunk[0],
-                chunk.get(1).copied().unwrap_or(0),
-                chunk.get(2).copied().unwrap_or(0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(char::from(TABLE[((n >> (18 - 6 * i)) & 63) as usize]));
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
     }
 }
 
@@ -1711,16 +1626,5 @@ mod tests {
         );
         assert!(parse_headers(&["no colon".into()], "--to-header").is_err());
         assert!(parse_headers(&["Content-Encoding: gzip".into()], "--to-header").is_err());
-    }
-
-    #[test]
-    fn basic_auth_is_standard_base64() {
-        assert_eq!(
-            base64_lite::encode(b"Aladdin:open sesame"),
-            "QWxhZGRpbjpvcGVuIHNlc2FtZQ=="
-        );
-        assert_eq!(base64_lite::encode(b"ab"), "YWI=");
-        assert_eq!(base64_lite::encode(b"abc"), "YWJj");
-        assert_eq!(base64_lite::encode(b""), "");
     }
 }

@@ -5,7 +5,7 @@ use http::header::CONTENT_TYPE;
 use http_body_util::BodyExt;
 use prost::Message;
 
-use super::remote::{Endpoint, Failure};
+use super::remote::{Endpoint, Failed, Failure, Retry, Stop, retrying};
 use super::wire::{self, ChunkEncoding, LabelMatcher, ReadResponse, ResponseType};
 use super::xor;
 
@@ -224,6 +224,26 @@ pub struct ReadSpec<'a> {
     pub skip_progress_of: Option<&'a str>,
 }
 
+/// [`read`], retrying transient failures. `Ok(Err(memory))`: the range did not fit its budget
+/// (not a failure: the caller reads a shorter one).
+pub async fn read_retrying(
+    source: &Endpoint,
+    spec: &ReadSpec<'_>,
+    policy: &Retry,
+    stop: &Stop,
+    what: &str,
+    retries: &mut u64,
+) -> Result<Result<Read, usize>, Failed> {
+    retrying(policy, stop, what, retries, || async {
+        match read(source, spec).await {
+            Ok(r) => Ok(Ok(r)),
+            Err(ReadError::TooBig { memory }) => Ok(Err(memory)),
+            Err(ReadError::Failed(f)) => Err(f),
+        }
+    })
+    .await
+}
+
 /// Reads `spec.range` from `source`. Sample-level filtering keeps exactly the samples in the
 /// half-open range, whatever chunk boundaries the source sends.
 pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadError> {
@@ -239,7 +259,7 @@ pub async fn read(source: &Endpoint, spec: &ReadSpec<'_>) -> Result<Read, ReadEr
             retry_after: None,
         })
     })?;
-    let resp = source.post(body).await?;
+    let resp = source.post(body.into()).await?;
     let streamed = resp
         .headers()
         .get(CONTENT_TYPE)

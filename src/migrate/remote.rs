@@ -106,13 +106,14 @@ impl Endpoint {
         &self.uri
     }
 
-    /// POSTs a snappy-compressed protobuf body. A non-2xx answer is a [`Failure`], its body read.
-    pub async fn post(&self, body: Vec<u8>) -> Result<Response<ProxyBody>, Failure> {
+    /// POSTs a snappy-compressed protobuf body (`Bytes`, so a retry does not copy it). A non-2xx
+    /// answer is a [`Failure`], its body read.
+    pub async fn post(&self, body: Bytes) -> Result<Response<ProxyBody>, Failure> {
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.uri.clone())
             .body(
-                Full::new(Bytes::from(body))
+                Full::new(body)
                     .map_err(|never| match never {})
                     .boxed_unsync(),
             )
@@ -169,18 +170,8 @@ impl Endpoint {
 }
 
 /// The start of an error body, as text.
-async fn error_text(mut body: ProxyBody) -> String {
-    let mut out = Vec::new();
-    while out.len() < ERROR_BODY_LIMIT {
-        match body.frame().await {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    out.extend_from_slice(data);
-                }
-            }
-            _ => break,
-        }
-    }
+async fn error_text(body: ProxyBody) -> String {
+    let mut out = crate::body::read_prefix(body, ERROR_BODY_LIMIT).await;
     out.truncate(ERROR_BODY_LIMIT);
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -254,17 +245,6 @@ impl Stop {
         loop {
             let notified = self.notify.notified();
             if self.level.load(Ordering::SeqCst) >= self.threshold {
-                return;
-            }
-            notified.await;
-        }
-    }
-
-    /// Resolves once the slab in flight is to be abandoned (second signal).
-    pub async fn wait_abandon(&self) {
-        loop {
-            let notified = self.notify.notified();
-            if self.level.load(Ordering::SeqCst) >= 2 {
                 return;
             }
             notified.await;

@@ -1,6 +1,5 @@
 //! What a migration did, per slab and in total, and why a destination refused samples.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -153,10 +152,11 @@ pub struct Verification {
 }
 
 /// How the run ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The whole range was copied.
+    #[default]
     Complete,
     /// Stopped by a signal; progress is recorded.
     Stopped,
@@ -164,7 +164,7 @@ pub enum Outcome {
     Failed,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Report {
     pub migration_id: String,
     pub tenant: String,
@@ -403,7 +403,11 @@ pub fn slab_report(start_ms: i64, end_ms: i64) -> SlabReport {
 
 /// The process's peak resident memory (`VmHWM`), where the system reports it.
 pub fn peak_memory() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    vm_hwm(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+/// `VmHWM` (peak resident memory) in bytes, from the text of a `/proc/<pid>/status`.
+pub fn vm_hwm(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line
         .trim_start_matches("VmHWM:")
@@ -436,11 +440,6 @@ pub fn shell_command(args: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Counts per reason, for logs.
-pub fn reasons(rejections: &[Rejection]) -> BTreeMap<Reason, u64> {
-    rejections.iter().map(|r| (r.reason, r.samples)).collect()
 }
 
 #[cfg(test)]
@@ -484,6 +483,16 @@ mod tests {
     }
 
     #[test]
+    fn peak_memory_is_read_from_proc_status() {
+        assert_eq!(
+            vm_hwm("Name:\ttenantgate\nVmPeak:\t  9000 kB\nVmHWM:\t   20900 kB\n"),
+            Some(20900 * 1024)
+        );
+        assert_eq!(vm_hwm("VmRSS:\t1 kB\n"), None);
+        assert!(peak_memory().is_some_and(|b| b > 0));
+    }
+
+    #[test]
     fn commands_are_quoted_for_the_shell() {
         let args: Vec<String> = [
             "tenantgate",
@@ -503,29 +512,13 @@ mod tests {
 
     #[test]
     fn rejections_are_summed_per_reason_and_the_first_message_kept() {
-        let mut r = Report {
-            migration_id: "m".into(),
-            tenant: "t".into(),
-            outcome: Outcome::Complete,
-            error: None,
-            source_format: None,
-            resumed_from: None,
-            start: String::new(),
-            completed_through: String::new(),
-            slabs: vec![],
-            total: SlabReport::default(),
-            rejections: vec![],
-            skipped_histogram_chunks: 0,
-            duration_ms: 0,
-            samples_per_second: 0.0,
-            peak_memory_bytes: None,
-            verification: None,
-            resume_command: None,
-        };
+        let mut r = Report::default();
         r.reject(Reason::OutOfOrder, 10, "first");
         r.reject(Reason::OutOfOrder, 5, "second");
         r.reject(Reason::TooOld, 1, "old");
-        assert_eq!(reasons(&r.rejections).get(&Reason::OutOfOrder), Some(&15));
+        let samples: Vec<(Reason, u64)> =
+            r.rejections.iter().map(|x| (x.reason, x.samples)).collect();
+        assert_eq!(samples, vec![(Reason::OutOfOrder, 15), (Reason::TooOld, 1)]);
         assert_eq!(r.rejections[0].first_message, "first");
         assert_eq!(r.rejections[0].requests, 2);
         r.slabs.push(slab_report(0, 1000));

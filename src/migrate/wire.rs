@@ -261,17 +261,13 @@ impl WriteEncoder {
         self.series == 0
     }
 
-    pub fn series(&self) -> usize {
-        self.series
-    }
-
     pub fn samples(&self) -> usize {
         self.samples
     }
 
     /// The encoded request, snappy-compressed, and the encoder emptied for the next one.
-    pub fn finish(&mut self) -> Result<Vec<u8>, String> {
-        let out = snappy(&self.buf);
+    pub fn finish(&mut self) -> Result<bytes::Bytes, String> {
+        let out = snappy(&self.buf).map(bytes::Bytes::from);
         self.buf.clear();
         self.series = 0;
         self.samples = 0;
@@ -381,19 +377,19 @@ fn read_uvarint(buf: &[u8]) -> Result<Option<(u64, usize)>, String> {
     Ok(None)
 }
 
-/// Builds one frame, as a streamed remote read server writes it (for tests and test servers).
-pub fn encode_frame(message: &ChunkedReadResponse) -> Vec<u8> {
-    let data = message.encode_to_vec();
-    let mut out = Vec::with_capacity(data.len() + 14);
-    prost::encoding::encode_varint(data.len() as u64, &mut out);
-    out.extend_from_slice(&CASTAGNOLI.checksum(&data).to_be_bytes());
-    out.extend_from_slice(&data);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One frame, as a streamed remote read server writes it.
+    fn encode_frame(message: &ChunkedReadResponse) -> Vec<u8> {
+        let data = message.encode_to_vec();
+        let mut out = Vec::with_capacity(data.len() + 14);
+        prost::encoding::encode_varint(data.len() as u64, &mut out);
+        out.extend_from_slice(&CASTAGNOLI.checksum(&data).to_be_bytes());
+        out.extend_from_slice(&data);
+        out
+    }
 
     #[test]
     fn the_hand_encoded_write_request_is_what_prost_decodes() {
@@ -414,7 +410,7 @@ mod tests {
             enc.len(),
             series_entry_len(&labels, &samples) + series_entry_len(&labels[..1], &[])
         );
-        assert_eq!((enc.series(), enc.samples()), (2, 4));
+        assert_eq!(enc.samples(), 4);
         let body = enc.finish().unwrap();
         assert!(enc.is_empty());
         assert_eq!(enc.len(), 0);
