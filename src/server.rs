@@ -395,7 +395,11 @@ where
     let Some(prefix) = conn::read_preface(&mut stream, limits.header_read).await else {
         return Ok(());
     };
-    let io = TokioIo::new(conn::Replay::new(prefix, stream));
+    // Lingering: the client reads our last answer even if it is still sending when we close.
+    let io = TokioIo::new(conn::Replay::new(
+        prefix,
+        crate::discard::Lingering::new(stream),
+    ));
     let activity = Arc::new(AtomicU64::new(0));
     match role {
         Role::Data => {
@@ -464,11 +468,33 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
     type Future =
         std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.store(conn::mono_ms(), Ordering::Relaxed);
+        // A body dropped unread by an early answer goes on being discarded, so that the client
+        // gets the answer (see `discard`).
+        let (parts, body) = req.into_parts();
+        let (body, hold) = if parts.version == http::Version::HTTP_2 {
+            crate::discard::RequestBody::held(body)
+        } else {
+            let expects_continue = parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            (
+                crate::discard::RequestBody::new(body, expects_continue),
+                None,
+            )
+        };
+        let mut req = Request::from_parts(parts, body);
         req.extensions_mut().insert((*self.info).clone());
         let app = self.app.clone();
-        Box::pin(async move { Ok(app.handle(req).await) })
+        Box::pin(async move {
+            let resp = app.handle(req).await;
+            if let Some(hold) = hold {
+                hold.wait().await;
+            }
+            Ok(resp)
+        })
     }
 }
 

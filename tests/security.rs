@@ -4,80 +4,12 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::pki::Pki;
 use common::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType,
-};
-
-/// A throwaway CA and the certificates it issues, as PEM files in a temp dir.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Pki {
-        let dir = temp_dir(tag);
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "tenantgate test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki { dir, ca, ca_key }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Issues a certificate; returns (cert file, key file).
-    fn issue(
-        &self,
-        file: &str,
-        cn: &str,
-        dns: &[&str],
-        ip: bool,
-        client: bool,
-    ) -> (PathBuf, PathBuf) {
-        let mut params =
-            CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        if ip {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-        }
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}.key")),
-        );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 const WRITER_PASSWORD: &str = "s3cret-writer";
 const READER_TOKEN: &str = "reader-token-0123456789abcdef";
@@ -151,48 +83,6 @@ routes:
         ca = pki.ca_file().display(),
         dir = pki.dir.display(),
     )
-}
-
-struct Curl {
-    status: u16,
-    headers: String,
-    body: String,
-    exit: i32,
-}
-
-/// Runs curl against tenantgate; `args` come before the URL.
-async fn curl(args: &[&str], url: &str) -> Curl {
-    let curl = required_binary("curl").expect("checked by Setup::new");
-    let dir = temp_dir("curl");
-    let out = tokio::process::Command::new(curl)
-        .args([
-            "-s",
-            "-S",
-            "--max-time",
-            "20",
-            "-D",
-            &dir.join("h").display().to_string(),
-            "-o",
-            &dir.join("b").display().to_string(),
-            "-w",
-            "%{http_code}",
-        ])
-        .args(args)
-        .arg(url)
-        .output()
-        .await
-        .expect("run curl");
-    let c = Curl {
-        status: String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0),
-        headers: std::fs::read_to_string(dir.join("h")).unwrap_or_default(),
-        body: std::fs::read_to_string(dir.join("b")).unwrap_or_default(),
-        exit: out.status.code().unwrap_or(-1),
-    };
-    let _ = std::fs::remove_dir_all(dir);
-    c
 }
 
 struct Setup {

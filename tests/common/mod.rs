@@ -1,6 +1,8 @@
 //! Shared pieces of the loopback tests: a recording upstream, a running tenantgate, clients.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -555,4 +557,49 @@ pub async fn wait_for_port(port: u16, child: &mut ChildGuard) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// What curl got: status 0 when it saw none.
+pub struct Curl {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+    pub exit: i32,
+    pub stderr: String,
+}
+
+/// Runs curl against tenantgate; `args` come before the URL.
+pub async fn curl(args: &[&str], url: &str) -> Curl {
+    let curl = required_binary("curl").expect("callers check for curl first");
+    let dir = temp_dir("curl");
+    let out = tokio::process::Command::new(curl)
+        .args([
+            "-s",
+            "-S",
+            "--max-time",
+            "20",
+            "-D",
+            &dir.join("h").display().to_string(),
+            "-o",
+            &dir.join("b").display().to_string(),
+            "-w",
+            "%{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("run curl");
+    let c = Curl {
+        status: String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0),
+        headers: std::fs::read_to_string(dir.join("h")).unwrap_or_default(),
+        body: std::fs::read_to_string(dir.join("b")).unwrap_or_default(),
+        exit: out.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let _ = std::fs::remove_dir_all(dir);
+    c
 }
