@@ -92,6 +92,14 @@ impl Runtime {
             };
             upstreams.insert(Arc::from(name.as_str()), upstream);
         }
+        for route in &config.routes {
+            let Some(p) = &route.prometheus else { continue };
+            for name in p.external_labels.keys() {
+                if !crate::promapi::is_classic_label_name(name) {
+                    tracing::warn!(route = %route.name, label = %name, "external label name outside [a-zA-Z_][a-zA-Z0-9_]*: Thanos sidecars before v0.37 refuse it (Prometheus 3 and newer sidecars accept UTF-8 names)");
+                }
+            }
+        }
         let routes = std::mem::take(&mut config.routes);
         Ok(Runtime {
             table: RouteTable::new(routes),

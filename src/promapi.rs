@@ -151,17 +151,12 @@ pub fn config_yaml(external_labels: &BTreeMap<String, String>) -> Result<String,
     serde_saphyr::to_string(&doc).map_err(|e| format!("cannot render external_labels as YAML: {e}"))
 }
 
-/// Checks a label name the way Prometheus 2.x does (`[a-zA-Z_][a-zA-Z0-9_]*`); names starting
-/// with `__` are reserved for internal use.
+/// Checks a label name the way Prometheus 3 does: any non-empty UTF-8 name, except those
+/// starting with `__`, which are reserved for internal use. The generated YAML quotes names that
+/// need it (see [`config_yaml`]).
 pub fn validate_label_name(name: &str) -> Result<(), String> {
-    let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(format!(
-            "{name:?} is not a valid label name (use [a-zA-Z_][a-zA-Z0-9_]*)"
-        ));
+    if name.is_empty() {
+        return Err("label names must not be empty".to_owned());
     }
     if name.starts_with("__") {
         return Err(format!(
@@ -169,6 +164,17 @@ pub fn validate_label_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Whether a label name is in Prometheus 2's charset, `[a-zA-Z_][a-zA-Z0-9_]*`. Thanos sidecars
+/// before v0.37 load the whole global config with Prometheus 2's validation and refuse any other
+/// name; v0.37 and newer read only the labels, and Prometheus 3 accepts UTF-8.
+pub fn is_classic_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Checks a version string is strict semver (`MAJOR.MINOR.PATCH[-pre][+build]`, no `v`, no
@@ -486,11 +492,35 @@ mod tests {
     }
 
     #[test]
-    fn label_names_follow_prometheus() {
-        assert!(validate_label_name("cluster").is_ok());
-        assert!(validate_label_name("_x1").is_ok());
-        for bad in ["", "1a", "a-b", "a.b", "__name__", "__x"] {
+    fn label_names_follow_prometheus_3() {
+        for good in ["cluster", "_x1", "service.name", "région", "1a", "a-b"] {
+            assert!(validate_label_name(good).is_ok(), "{good}");
+        }
+        for bad in ["", "__name__", "__x"] {
             assert!(validate_label_name(bad).is_err(), "{bad}");
         }
+        assert!(is_classic_label_name("_x1"));
+        for utf8 in ["service.name", "région", "1a", "a-b", ""] {
+            assert!(!is_classic_label_name(utf8), "{utf8}");
+        }
+    }
+
+    #[test]
+    fn utf8_label_names_are_quoted_in_the_config_yaml() {
+        let labels: BTreeMap<String, String> = [("service.name", "a: b"), ("région", "eu")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let yaml = config_yaml(&labels).unwrap();
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            global: Global,
+        }
+        #[derive(serde::Deserialize)]
+        struct Global {
+            external_labels: BTreeMap<String, String>,
+        }
+        let back: Doc = serde_saphyr::from_str(&yaml).unwrap();
+        assert_eq!(back.global.external_labels, labels, "{yaml}");
     }
 }

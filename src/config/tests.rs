@@ -248,8 +248,8 @@ fn prometheus_blocks_are_checked() {
             .contains("at least one external label is needed")
     );
     assert!(
-        first_error(&with("      external_labels: { 1x: a }\n"))
-            .contains("prometheus.external_labels.1x: \"1x\" is not a valid label name")
+        first_error(&with("      external_labels: { __x: a }\n"))
+            .contains("prometheus.external_labels.__x: \"__x\" is reserved")
     );
     assert!(
         first_error(&with("      external_labels: { a: \"\" }\n"))

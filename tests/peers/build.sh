@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Builds the real peers (Thanos, Cortex, Prometheus 3 with promtool) from their Go modules into a
+# cache outside the checkout, one folder per name and version. A binary already built is kept,
+# so a warm run does nothing.
+#
+#   bash tests/peers/build.sh            # build what is missing
+#   bash tests/peers/build.sh --print    # print where each binary is (or will be)
+#
+# The cache is $TENANTGATE_PEERS, else ${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate/peers.
+#
+# Why not `go install module/cmd/x@version`: Thanos, Cortex and Prometheus have `replace`
+# directives in their go.mod, which `go install` refuses. So the module is downloaded (read-only,
+# into the module cache), copied to a scratch folder and built there with -mod=mod.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+# shellcheck source=/dev/null
+. <(grep -E '^[a-z_]+=' "$here/versions")
+cache="${TENANTGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate/peers}"
+
+# The zenhack.net domain expired, so its module is no longer served; Thanos' own go.mod points it
+# at the GitHub copy since v0.38. Older Thanos releases get the same replace here.
+zenhack=zenhack.net/go/util=github.com/zenhack/go-util@v0.0.0-20231005031245-66f5419c2aea
+
+# name version module package binary tags [go.mod replace]
+peers=(
+    "thanos $thanos github.com/thanos-io/thanos ./cmd/thanos thanos netgo,slicelabels"
+    "thanos $thanos_old github.com/thanos-io/thanos ./cmd/thanos thanos netgo,slicelabels $zenhack"
+    # slicelabels is mandatory for Cortex: without it, it compiles and corrupts labels at run time.
+    "cortex $cortex github.com/cortexproject/cortex ./cmd/cortex cortex netgo,slicelabels"
+    # No builtinassets tag: the web UI's assets are not part of the module.
+    "prometheus $prometheus github.com/prometheus/prometheus ./cmd/prometheus prometheus netgo,slicelabels"
+    "prometheus $prometheus github.com/prometheus/prometheus ./cmd/promtool promtool netgo,slicelabels"
+)
+
+if [ "${1:-}" = "--print" ]; then
+    for p in "${peers[@]}"; do
+        read -r name version _ _ bin _ <<<"$p"
+        echo "$cache/$name-$version/$bin"
+    done
+    exit 0
+fi
+
+command -v go >/dev/null || { echo "peers: go is not installed (Go 1.24 or newer is needed)" >&2; exit 1; }
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+build() {
+    local name=$1 version=$2 module=$3 pkg=$4 bin=$5 tags=$6 replace=${7:-}
+    local out="$cache/$name-$version/$bin"
+    if [ -x "$out" ]; then
+        echo "peers: $name $version $bin: cached at $out"
+        return
+    fi
+    local started=$SECONDS dir scratch
+    echo "peers: $name $version $bin: downloading $module@$version"
+    # Outside any module, so the download does not touch a go.mod.
+    local info
+    info=$(cd / && go mod download -json "$module@$version" || true)
+    dir=$(sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p' <<<"$info")
+    if [ -z "$dir" ] || [ ! -d "$dir" ]; then
+        echo "peers: $module@$version cannot be downloaded: $(sed -n 's/^[[:space:]]*"Error": "\(.*\)",$/\1/p' <<<"$info")" >&2
+        return 1
+    fi
+    scratch=$(mktemp -d)
+    cp -r "$dir/." "$scratch/"
+    chmod -R u+w "$scratch"
+    if [ -n "$replace" ] && ! grep -q "^[[:space:]]*${replace%%=*} =>" "$scratch/go.mod"; then
+        (cd "$scratch" && go mod edit -replace "$replace")
+    fi
+    # The version the binary reports (`--version`, buildinfo): Prometheus 3 modules are v0.3xx.y.
+    local shown=${version#v}
+    if [ "$name" = prometheus ]; then
+        local minor patch
+        IFS=. read -r _ minor patch <<<"$shown"
+        shown="$((minor / 100)).$((minor % 100)).$patch"
+    fi
+    echo "peers: $name $version $bin: building (go build -tags $tags)"
+    mkdir -p "$cache/$name-$version"
+    (cd "$scratch" && nice go build -trimpath -tags "$tags" \
+        -ldflags "-s -w -X github.com/prometheus/common/version.Version=$shown -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=$version" \
+        -o "$out.tmp" "$pkg")
+    mv "$out.tmp" "$out"
+    rm -rf "$scratch"
+    echo "peers: $name $version $bin: built in $((SECONDS - started)) s -> $out"
+}
+
+failed=()
+for p in "${peers[@]}"; do
+    # shellcheck disable=SC2086
+    build $p || failed+=("${p%% *}")
+done
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "peers: FAILED to build: ${failed[*]}" >&2
+    exit 1
+fi
