@@ -960,3 +960,118 @@ async fn memory_stays_under_the_cap_on_a_dense_source() {
         src.samples()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_copied_whole_into_a_destination_that_already_has_live_data_of_the_same_series()
+{
+    // The README's main scenario: a Prometheus already remote-writes into the destination,
+    // then its history is copied. The destination's newest sample of a series is no proof that
+    // it holds the older ones.
+    let Some(bins) = Binaries::require("live data in the destination") else {
+        return;
+    };
+    let http = Http::new();
+    let dir = TempDir::new("mig-live").unwrap();
+    let dst = Prometheus::start(
+        &bins,
+        &http,
+        dir.path(),
+        "dst",
+        "",
+        &["--web.enable-remote-write-receiver"],
+        |_| "storage:\n  tsdb:\n    out_of_order_time_window: 2h\n".to_owned(),
+    )
+    .await
+    .unwrap();
+    let scrape = |port: u16| {
+        format!(
+            "global: {{ scrape_interval: 1s }}\nscrape_configs:\n  - job_name: self\n    static_configs: [{{ targets: ['127.0.0.1:{port}'] }}]\n"
+        )
+    };
+    let src = Prometheus::start(
+        &bins,
+        &http,
+        dir.path(),
+        "src",
+        "",
+        &["--web.enable-lifecycle"],
+        scrape,
+    )
+    .await
+    .unwrap();
+    let start = now_ms() / 1000 - 1;
+    // One family of many series (count_over_time drops the name, so one family only).
+    let selector = "prometheus_http_request_duration_seconds_bucket";
+    let url = src.url();
+    let deadline = Deadline::new("the source scraping for a while", Duration::from_secs(60));
+    loop {
+        deadline.retry("not yet").await.unwrap();
+        if count_samples(&http, &url, selector, start, now_ms() / 1000).await > 1_000 {
+            break;
+        }
+    }
+    // Now the source also writes live into the destination.
+    std::fs::write(
+        dir.path().join("src.yml"),
+        format!(
+            "{}remote_write:\n  - url: {}/api/v1/write\n    queue_config: {{ batch_send_deadline: 1s }}\n",
+            scrape(src.port),
+            dst.url()
+        ),
+    )
+    .unwrap();
+    let r = http
+        .post(&format!("{url}/-/reload"), &[], Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let live_since = now_ms() / 1000;
+    let deadline = Deadline::new("live samples in the destination", Duration::from_secs(60));
+    while count_samples(&http, &dst.url(), selector, live_since, now_ms() / 1000 + 1).await < 2_000
+    {
+        deadline.retry("not yet").await.unwrap();
+    }
+    let end = now_ms() / 1000 - 1;
+
+    let run = migrate(
+        dir.path(),
+        "live",
+        &args(&[
+            "--from",
+            &format!("{url}/api/v1/read"),
+            "--to",
+            &format!("{}/api/v1/write", dst.url()),
+            "--tenant",
+            TENANT,
+            "--start",
+            &start.to_string(),
+            "--end",
+            &end.to_string(),
+            "--match",
+            selector,
+        ]),
+    );
+    let done = run.finish(Duration::from_secs(120)).await;
+    assert_eq!(done.code, Some(0), "{}\n{}", done.stdout, done.stderr);
+    assert_eq!(done.report["outcome"], "complete", "{:#}", done.report);
+    assert_eq!(
+        total(&done.report, "samples_skipped"),
+        0,
+        "a first run skipped samples: {:#}",
+        done.report
+    );
+    assert!(
+        !done.stderr.contains("stopped before recording"),
+        "a first run talked of an interrupted run:\n{}",
+        done.stderr
+    );
+    let in_source = count_samples(&http, &url, selector, start, end).await;
+    let in_destination = count_samples(&http, &dst.url(), selector, start, end).await;
+    assert!(in_source > 1_000, "{in_source}");
+    assert_eq!(
+        in_destination,
+        in_source,
+        "the destination misses {} of {in_source} source samples after a run that said complete",
+        in_source - in_destination
+    );
+}

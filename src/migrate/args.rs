@@ -73,6 +73,11 @@ pub struct MigrateArgs {
     /// Largest remote write request (protobuf, before compression).
     #[arg(long = "max-write-size", value_name = "SIZE", default_value = "4MiB")]
     pub max_write_size: String,
+    /// Most samples per second written to the destination (0: as fast as it accepts). A
+    /// destination that states its ingestion rate limit in a 429 (Cortex, Mimir) is paced to
+    /// 80% of it anyway, leaving the rest to the tenant's live writers.
+    #[arg(long = "max-samples-per-second", value_name = "N", default_value_t = 0)]
+    pub max_samples_per_second: u64,
     /// Retries of a request that failed with a 5xx, a 429, a timeout or no connection; 4xx are
     /// not retried.
     #[arg(long, value_name = "N", default_value_t = 10)]

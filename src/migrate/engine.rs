@@ -1,24 +1,31 @@
 //! The copy itself: slabs read ahead (`--concurrency`), written in time order, one request at
 //! a time, and progress recorded after each slab.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use super::args::{MigrateArgs, ProgressMode};
 use super::display::Progress;
 use super::plan::Planner;
-use super::read::{self, Collect, Labels, Range, Read, ReadSpec};
-use super::remote::{Failed, Stop, retrying};
-use super::report::{self, Outcome, Reason, Report, SlabReport};
+use super::read::{self, Range, Read, ReadSpec};
+use super::remote::{Failed, Stop};
+use super::report::{self, Outcome, Report};
+use super::resume::AlreadyWritten;
 use super::setup::{MIN_SLAB_MS, Plan};
-use super::wire::{self, WriteEncoder};
 use crate::config::units::{format_duration, format_size};
 use crate::time::{format_rfc3339, now_millis};
 
 /// Why copying stopped early.
 pub(super) enum Halt {
+    /// A signal: progress is recorded, the same command resumes.
     Stopped,
+    /// The destination rejected samples: progress stops before their slab, so the same command
+    /// (after the destination is fixed) resumes there and sends them again.
+    Rejected,
+    /// Retries ran out (the source or destination down or overloaded): the same command resumes.
+    GaveUp(String),
+    /// Anything a rerun alone cannot fix (a refused tenant, a wrong URL, memory too small).
     Fatal(String),
 }
 
@@ -37,12 +44,24 @@ pub(super) struct Migration {
     pub(super) stop: Stop,
     pub(super) report: Report,
     pub(super) progress: Progress,
-    /// Per series, the newest sample the destination already holds in the window an
-    /// interrupted run may have partly written.
-    pub(super) already: HashMap<Labels, i64>,
-    pub(super) already_until: i64,
+    /// What the destination holds of the slab after the recorded progress (see `resume`).
+    pub(super) already: AlreadyWritten,
     /// How far the destination holds the range.
     pub(super) completed: i64,
+    /// Spaces writes to `--max-samples-per-second` or a rate the destination stated.
+    pub(super) pacer: super::write::Pacer,
+    /// Most samples in one write request: unlimited until a destination states a rate limit.
+    pub(super) max_request_samples: usize,
+    /// Hashes of the label sets read, so the report counts each series once, not per slab.
+    pub(super) distinct_series: std::collections::HashSet<u64>,
+}
+
+/// A label set's hash, to count distinct series without keeping their labels.
+pub(super) fn labels_hash(labels: &super::read::Labels) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    labels.hash(&mut h);
+    h.finish()
 }
 
 impl Migration {
@@ -65,30 +84,44 @@ impl Migration {
             stop,
             report,
             progress: Progress::new(bar),
-            already: HashMap::new(),
-            already_until: i64::MIN,
+            already: AlreadyWritten::default(),
             completed,
+            pacer: super::write::Pacer::new(args.max_samples_per_second),
+            max_request_samples: usize::MAX,
+            distinct_series: std::collections::HashSet::new(),
         }
     }
 
     pub(super) async fn run(&mut self, args: &MigrateArgs) -> Report {
         let began = Instant::now();
         let result = self.run_inner(args).await;
+        // Running the same command again would fail the same way after a fatal error.
+        let rerun_helps = !matches!(result, Err(Halt::Fatal(_)));
         match result {
             Ok(()) => {}
             Err(Halt::Stopped) => self.report.outcome = Outcome::Stopped,
+            Err(Halt::Rejected) => self.report.outcome = Outcome::Incomplete,
+            Err(Halt::GaveUp(e)) => {
+                tracing::error!(error = %e, "migration failed");
+                self.report.outcome = Outcome::Failed;
+                self.report.error = Some(e);
+            }
             Err(Halt::Fatal(e)) => {
                 tracing::error!(error = %e, "migration failed");
                 self.report.outcome = Outcome::Failed;
                 self.report.error = Some(e);
             }
         }
+        if self.report.outcome == Outcome::Complete && self.report.has_losses() {
+            self.report.outcome = Outcome::Incomplete;
+        }
         self.progress.finish();
-        if self.report.outcome != Outcome::Complete || args.follow {
+        if (self.report.outcome != Outcome::Complete && rerun_helps) || args.follow {
             self.report.resume_command =
                 Some(report::shell_command(&std::env::args().collect::<Vec<_>>()));
         }
         self.report.completed_through = format_rfc3339(self.completed);
+        self.report.total.series_read = self.distinct_series.len() as u64;
         self.report.duration_ms = began.elapsed().as_millis() as u64;
         let secs = began.elapsed().as_secs_f64();
         if secs > 0.0 {
@@ -115,7 +148,9 @@ impl Migration {
         if args.dry_run {
             return self.dry_run(cursor).await;
         }
-        self.load_already(cursor).await?;
+        if resume.is_some_and(|p| p > self.plan.start) {
+            self.load_already(cursor).await?;
+        }
         loop {
             let end = self.plan.current_end();
             if cursor < end {
@@ -218,7 +253,7 @@ impl Migration {
                 }
                 Err(Failed::Stopped) => break Err(Halt::Stopped),
                 Err(e) => {
-                    break Err(Halt::Fatal(format!(
+                    break Err(Halt::GaveUp(format!(
                         "reading {} .. {} from the source: {e}",
                         format_rfc3339(range.start),
                         format_rfc3339(range.end)
@@ -232,6 +267,10 @@ impl Migration {
             slab.series_read = read.series() as u64;
             slab.samples_read = read.samples();
             self.report.skipped_histogram_chunks += read.skipped_chunks;
+            if let read::Collect::Samples(series) = &read.data {
+                self.distinct_series
+                    .extend(series.iter().map(|s| labels_hash(&s.labels)));
+            }
             let abandon = self.stop.abandon_only();
             let written = tokio::select! {
                 w = self.write_slab(range, read, &mut slab) => w,
@@ -245,6 +284,23 @@ impl Migration {
                     }
                 }
                 return Err(h);
+            }
+            if slab.samples_rejected > 0 {
+                // Progress never passes a slab with rejected samples: the next run starts at
+                // this slab again and sends what the destination does not hold.
+                for slot in queue {
+                    if let Slot::Running(_, h) = slot {
+                        h.abort();
+                    }
+                }
+                slab.duration_ms = began.elapsed().as_millis() as u64;
+                tracing::warn!(
+                    slab = %format!("{} .. {}", slab.start, slab.end),
+                    rejected = slab.samples_rejected,
+                    "the destination rejected samples of this slab: stopping before it, so that the next run sends them again"
+                );
+                self.report.add(slab);
+                return Err(Halt::Rejected);
             }
             if let Err(e) = self.record_progress(range.end).await {
                 for slot in queue {
@@ -306,128 +362,5 @@ impl Migration {
             .await;
             (r, retries)
         })
-    }
-
-    /// Writes one slab's samples in requests of at most `max_write` bytes, in time order per
-    /// series, skipping what the destination already holds.
-    pub(super) async fn write_slab(
-        &mut self,
-        range: Range,
-        read: Read,
-        slab: &mut SlabReport,
-    ) -> Result<(), Halt> {
-        let Collect::Samples(series) = read.data else {
-            return Ok(());
-        };
-        let check_already = range.start < self.already_until && !self.already.is_empty();
-        let mut enc = WriteEncoder::default();
-        let mut members: Vec<usize> = Vec::new();
-        let mut accepted = vec![false; series.len()];
-        for (i, s) in series.iter().enumerate() {
-            let mut samples: &[(i64, f64)] = &s.samples;
-            if check_already && let Some(&newest) = self.already.get(&s.labels) {
-                let keep_from = samples.partition_point(|x| x.0 <= newest);
-                slab.samples_skipped += keep_from as u64;
-                samples = &samples[keep_from..];
-            }
-            let overhead = wire::series_entry_len(&s.labels, &[]) + 10;
-            while !samples.is_empty() {
-                let room = self.plan.max_write.saturating_sub(enc.len());
-                let mut size = overhead;
-                let mut n = 0;
-                for x in samples {
-                    let c = wire::sample_cost(x.0);
-                    if size + c > room {
-                        break;
-                    }
-                    size += c;
-                    n += 1;
-                }
-                if n == 0 {
-                    if enc.is_empty() {
-                        // Labels alone fill a request: send one sample, the destination judges.
-                        n = 1;
-                    } else {
-                        self.flush(&mut enc, &mut members, &mut accepted, slab)
-                            .await?;
-                        continue;
-                    }
-                }
-                enc.push(&s.labels, &samples[..n]);
-                members.push(i);
-                samples = &samples[n..];
-                if !samples.is_empty() {
-                    self.flush(&mut enc, &mut members, &mut accepted, slab)
-                        .await?;
-                }
-            }
-        }
-        if !enc.is_empty() {
-            self.flush(&mut enc, &mut members, &mut accepted, slab)
-                .await?;
-        }
-        slab.series_written = accepted.iter().filter(|a| **a).count() as u64;
-        if range.end >= self.already_until {
-            self.already.clear();
-        }
-        Ok(())
-    }
-
-    pub(super) async fn flush(
-        &mut self,
-        enc: &mut WriteEncoder,
-        members: &mut Vec<usize>,
-        accepted: &mut [bool],
-        slab: &mut SlabReport,
-    ) -> Result<(), Halt> {
-        let samples = enc.samples() as u64;
-        let body = enc.finish().map_err(Halt::Fatal)?;
-        let len = body.len() as u64;
-        let mut retries = 0;
-        let dest = &self.plan.dest;
-        // The first signal lets the slab in flight finish; only a second one gives up here.
-        let sent = retrying(
-            &self.plan.retry,
-            &self.stop.abandon_only(),
-            "write to the destination",
-            &mut retries,
-            || dest.post(body.clone()),
-        )
-        .await;
-        slab.retries += retries;
-        slab.write_requests += 1;
-        let result = match sent {
-            Ok(_) => {
-                slab.samples_written += samples;
-                slab.bytes_written += len;
-                for &i in members.iter() {
-                    accepted[i] = true;
-                }
-                Ok(())
-            }
-            Err(Failed::Refused { status, body }) => match status.as_u16() {
-                401 | 403 | 404 | 405 => Err(Halt::Fatal(format!(
-                    "the destination refused a write: HTTP {status}: {}",
-                    body.trim()
-                ))),
-                413 => Err(Halt::Fatal(format!(
-                    "the destination refused a {} write request as too large (HTTP 413): lower --max-write-size",
-                    format_size(len)
-                ))),
-                _ => {
-                    let reason = Reason::classify(&body);
-                    tracing::warn!(status = status.as_u16(), samples, ?reason, error = %body.trim(), "the destination rejected samples");
-                    slab.samples_rejected += samples;
-                    self.report.reject(reason, samples, &body);
-                    Ok(())
-                }
-            },
-            Err(Failed::Stopped) => Err(Halt::Stopped),
-            Err(e @ Failed::GaveUp { .. }) => {
-                Err(Halt::Fatal(format!("writing to the destination: {e}")))
-            }
-        };
-        members.clear();
-        result
     }
 }

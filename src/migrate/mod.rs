@@ -31,6 +31,7 @@ pub mod selector;
 mod setup;
 mod verify;
 pub mod wire;
+mod write;
 pub mod xor;
 
 pub use args::{MigrateArgs, ProgressMode, ReportFormat, parse_time};
@@ -70,7 +71,7 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
         let code = match report.outcome {
             Outcome::Failed => 1,
             Outcome::Stopped => 0,
-            Outcome::Complete if report.has_losses() => 3,
+            Outcome::Incomplete => 3,
             Outcome::Complete => 0,
         };
         if args.dry_run && report.outcome == Outcome::Complete {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::engine::{Halt, Migration};
 use super::read::{self, Range, ReadError, ReadSpec};
 use super::remote::{Failed, retrying};
+use super::report::short;
 use super::setup::PROBE_MS;
 use super::wire::{ResponseType, WriteEncoder};
 use crate::config::units::format_duration;
@@ -81,9 +82,31 @@ impl Migration {
         .await;
         match sent {
             Ok(_) => {}
-            Err(Failed::Refused { status, body }) => {
+            Err(Failed::Refused { status, .. })
+                if status == http::StatusCode::NOT_FOUND
+                    || status == http::StatusCode::METHOD_NOT_ALLOWED =>
+            {
+                return Err(Halt::Fatal(format!(
+                    "the destination {} has no remote write endpoint there (HTTP {status}): \
+                     Prometheus receives remote write at /api/v1/write (with \
+                     --web.enable-remote-write-receiver), Mimir and Cortex at /api/v1/push",
+                    dest.uri(),
+                )));
+            }
+            Err(Failed::Refused { status, body })
+                if status == http::StatusCode::UNAUTHORIZED
+                    || status == http::StatusCode::FORBIDDEN =>
+            {
                 return Err(Halt::Fatal(format!(
                     "the destination {} refuses tenant {:?}: HTTP {status}: {}",
+                    dest.uri(),
+                    self.plan.tenant.as_str(),
+                    body.trim()
+                )));
+            }
+            Err(Failed::Refused { status, body }) => {
+                return Err(Halt::Fatal(format!(
+                    "the destination {} refuses an empty test write for tenant {:?}: HTTP {status}: {}",
                     dest.uri(),
                     self.plan.tenant.as_str(),
                     body.trim()
@@ -125,20 +148,18 @@ impl Migration {
         );
         println!(
             "\n  {:<20} {:<20} {:>8} {:>14}",
-            "slab start", "slab end", "series", "samples (est)"
+            "slab start", "slab end", "series", "samples"
         );
-        let (mut total_samples, mut max_series) = (0f64, 0usize);
+        let (mut total_samples, mut distinct) = (0u64, std::collections::HashSet::new());
         while s < end {
             if self.stop.requested() {
                 return Err(Halt::Stopped);
             }
             let e = (s + self.plan.max_slab).min(end);
-            let probe = Range {
-                start: s,
-                end: (s + PROBE_MS).min(e),
-            };
+            // The whole slab, counted: a sample of its first minutes says nothing of data that
+            // starts later in it.
             let spec = ReadSpec {
-                range: probe,
+                range: Range { start: s, end: e },
                 matchers: &self.plan.matchers,
                 counts_only: true,
                 budget: self.plan.slab_budget,
@@ -152,21 +173,22 @@ impl Migration {
                     ReadError::Failed(f) => format!("reading the source: {f}"),
                 })
             })?;
-            let est = read.samples() as f64 * (e - s) as f64 / probe.width() as f64;
-            total_samples += est;
-            max_series = max_series.max(read.series());
+            total_samples += read.samples();
+            if let read::Collect::Counts(counts) = &read.data {
+                distinct.extend(counts.iter().map(|c| super::engine::labels_hash(&c.0)));
+            }
             println!(
-                "  {:<20} {:<20} {:>8} {:>14.0}",
-                format_rfc3339(s).trim_end_matches(".000Z"),
-                format_rfc3339(e).trim_end_matches(".000Z"),
+                "  {:<20} {:<20} {:>8} {:>14}",
+                short(&format_rfc3339(s)),
+                short(&format_rfc3339(e)),
                 read.series(),
-                est
+                read.samples()
             );
             s = e;
         }
         println!(
-            "\n  about {total_samples:.0} samples; up to {max_series} series per slab (series counted in the first {} of each slab)",
-            format_duration(Duration::from_millis(PROBE_MS as u64))
+            "\n  {total_samples} samples of {} series in the source to copy",
+            distinct.len()
         );
         println!("  nothing was written");
         Ok(())

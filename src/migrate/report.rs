@@ -162,6 +162,9 @@ pub enum Outcome {
     Stopped,
     /// A fatal error; progress is recorded up to the last completed slab.
     Failed,
+    /// Copied as far as it went, but samples are missing from the destination: it rejected
+    /// them (progress stops before their slab), or `--verify` found differences.
+    Incomplete,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -233,16 +236,23 @@ impl Report {
     /// The report for people: a table of slabs, totals, rejections, verification.
     pub fn to_text(&self, max_slab_rows: usize) -> String {
         let mut o = String::new();
+        let missing = self.total.samples_rejected;
+        let differ = self.verification.as_ref().map_or(0, |v| v.mismatches.len());
+        let headline = match self.outcome {
+            Outcome::Complete => "complete".to_owned(),
+            Outcome::Stopped => "stopped".to_owned(),
+            Outcome::Failed => "FAILED".to_owned(),
+            Outcome::Incomplete if missing > 0 => {
+                format!("INCOMPLETE: {missing} samples rejected by the destination are not in it")
+            }
+            Outcome::Incomplete => {
+                format!("INCOMPLETE: --verify found {differ} windows that differ")
+            }
+        };
         let _ = writeln!(
             o,
-            "migration {} (tenant {}): {}",
-            self.migration_id,
-            self.tenant,
-            match self.outcome {
-                Outcome::Complete => "complete",
-                Outcome::Stopped => "stopped",
-                Outcome::Failed => "FAILED",
-            }
+            "migration {} (tenant {}): {headline}",
+            self.migration_id, self.tenant,
         );
         if let Some(e) = &self.error {
             let _ = writeln!(o, "  error: {e}");
@@ -259,9 +269,7 @@ impl Report {
                     self.completed_through
                 );
             }
-            if let Some(cmd) = &self.resume_command {
-                let _ = writeln!(o, "\n  run again with:\n    {cmd}");
-            }
+            self.tail(&mut o);
             return o;
         }
         let _ = writeln!(
@@ -313,7 +321,7 @@ impl Report {
         row(&mut o, &total);
         let _ = writeln!(
             o,
-            "\n  read {} series, {} samples ({}); wrote {} samples in {} requests ({}); {:.0} samples/s",
+            "\n  read {} distinct series, {} samples ({}); wrote {} samples in {} requests ({}); {:.0} samples/s",
             self.total.series_read,
             self.total.samples_read,
             crate::config::units::format_size(self.total.bytes_read),
@@ -339,6 +347,12 @@ impl Report {
                 self.skipped_histogram_chunks
             );
         }
+        self.tail(&mut o);
+        o
+    }
+
+    /// Rejections, verification and the command to run next.
+    fn tail(&self, o: &mut String) {
         for r in &self.rejections {
             let _ = writeln!(
                 o,
@@ -377,14 +391,20 @@ impl Report {
             }
         }
         if let Some(cmd) = &self.resume_command {
-            let _ = writeln!(o, "\n  resume with:\n    {cmd}");
+            let what = match self.outcome {
+                Outcome::Incomplete if self.total.samples_rejected > 0 => {
+                    "once the destination accepts them (see fix above), send the rejected samples with the same command; it resumes at their slab"
+                }
+                Outcome::Complete => "to keep following, run again with",
+                _ => "resume with the same command",
+            };
+            let _ = writeln!(o, "\n  {what}:\n    {cmd}");
         }
-        o
     }
 }
 
-/// `2024-01-01T00:00:00Z` without sub-seconds, for the table.
-fn short(ts: &str) -> &str {
+/// `2024-01-01T00:00:00Z` without sub-seconds, for the tables.
+pub(super) fn short(ts: &str) -> &str {
     match ts.find('.') {
         Some(i) if ts.ends_with('Z') => &ts[..i],
         _ => ts,

@@ -1,7 +1,16 @@
 //! The progress record and what a resumed run may skip.
+//!
+//! The rule: a sample is skipped only when the destination provably holds it, meaning the same
+//! series at the same timestamp, and only in the one slab after this migration's own recorded
+//! progress (the most a stopped or killed run can have written without recording it). With no
+//! recorded progress nothing is skipped: the destination may hold live data of the same series
+//! (a Prometheus already remote-writing into it), and every sample of the history is sent; an
+//! identical sample is a no-op for Mimir, Cortex and Prometheus.
+
+use std::collections::HashMap;
 
 use super::engine::{Halt, Migration};
-use super::read::{self, Collect, Range, ReadSpec};
+use super::read::{self, Collect, Labels, Range, ReadSpec, Series};
 use super::remote::{Failed, retrying};
 use super::wire::WriteEncoder;
 use crate::time::{format_rfc3339, now_millis};
@@ -61,7 +70,8 @@ impl Migration {
         Ok(newest.map(|v| v as i64))
     }
 
-    /// What the destination already holds just after the resume point, per series.
+    /// After recorded progress at `cursor`: what the destination holds of the one slab after it,
+    /// which a run stopped or killed before recording that slab may have partly written.
     pub(super) async fn load_already(&mut self, cursor: i64) -> Result<(), Halt> {
         let until = cursor
             .saturating_add(self.plan.max_slab)
@@ -72,7 +82,7 @@ impl Migration {
                 end: until,
             },
             matchers: &self.plan.matchers,
-            counts_only: true,
+            counts_only: false,
             budget: self.plan.slab_budget,
             skip_progress_of: Some(&self.plan.id),
         };
@@ -88,21 +98,21 @@ impl Migration {
         .await;
         let read = match read {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(Halt::Fatal("the destination's series after the resume point do not fit the memory budget; raise --max-memory".into())),
+            Ok(Err(_)) => return Err(Halt::Fatal("the destination's samples in the slab after the recorded progress do not fit the memory budget; raise --max-memory".into())),
             Err(Failed::Stopped) => return Err(Halt::Stopped),
             Err(e) => return Err(Halt::Fatal(format!("cannot read the destination: {e}"))),
         };
-        if let Collect::Counts(counts) = read.data {
-            if !counts.is_empty() {
+        if let Collect::Samples(series) = read.data {
+            self.already = AlreadyWritten::new(series, until);
+            if !self.already.is_empty() {
                 tracing::info!(
-                    series = counts.len(),
-                    samples = counts.iter().map(|c| c.1).sum::<u64>(),
-                    "the destination already holds samples after the resume point (an interrupted run); they will not be sent again"
+                    series = self.already.by_series.len(),
+                    samples = self.already.samples(),
+                    through = %format_rfc3339(until),
+                    "the destination holds samples after the recorded progress (a run stopped before recording its last slab); those exact samples will not be sent again"
                 );
             }
-            self.already = counts.into_iter().map(|(l, _, max)| (l, max)).collect();
         }
-        self.already_until = until;
         Ok(())
     }
 
@@ -134,11 +144,121 @@ impl Migration {
         match r {
             Ok(_) => Ok(()),
             Err(Failed::Stopped) => Err(Halt::Stopped),
-            Err(e) => Err(Halt::Fatal(format!(
+            Err(e) => Err(Halt::GaveUp(format!(
                 "cannot record progress through {} in the destination: {e}; a restart redoes \
                  this slab, skipping the samples already written",
                 format_rfc3339(end)
             ))),
+        }
+    }
+}
+
+/// What the destination holds of the slab after the recorded progress, per series: sorted
+/// timestamps.
+#[derive(Debug, Default)]
+pub(super) struct AlreadyWritten {
+    by_series: HashMap<Labels, Vec<i64>>,
+    /// End (exclusive) of the window read.
+    until: i64,
+}
+
+impl AlreadyWritten {
+    pub(super) fn new(series: Vec<Series>, until: i64) -> Self {
+        let by_series = series
+            .into_iter()
+            .filter(|s| !s.samples.is_empty())
+            .map(|s| {
+                let mut t: Vec<i64> = s.samples.iter().map(|x| x.0).collect();
+                t.sort_unstable();
+                t.dedup();
+                (s.labels, t)
+            })
+            .collect();
+        AlreadyWritten { by_series, until }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.by_series.is_empty()
+    }
+
+    fn samples(&self) -> usize {
+        self.by_series.values().map(Vec::len).sum()
+    }
+
+    /// Whether a slab starting at `start` may hold samples already written.
+    pub(super) fn covers(&self, start: i64) -> bool {
+        start < self.until && !self.is_empty()
+    }
+
+    /// Whether a slab ending at `end` is the last one the window reaches: after it, nothing is
+    /// skipped any more.
+    pub(super) fn ends_by(&self, end: i64) -> bool {
+        end >= self.until
+    }
+
+    /// Removes from `samples` (one series, in time order) those the destination holds at the
+    /// same timestamp; returns how many were removed.
+    pub(super) fn keep_missing(&self, labels: &Labels, samples: &mut Vec<(i64, f64)>) -> u64 {
+        let Some(held) = self.by_series.get(labels) else {
+            return 0;
+        };
+        let before = samples.len();
+        samples.retain(|x| held.binary_search(&x.0).is_err());
+        (before - samples.len()) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn labels(n: u8) -> Labels {
+        vec![("__name__".into(), format!("m{n}"))]
+    }
+
+    #[test]
+    fn only_the_same_series_at_the_same_timestamp_is_skipped() {
+        let held = AlreadyWritten::new(
+            vec![Series {
+                labels: labels(1),
+                samples: vec![(10, 1.0), (30, 3.0)],
+            }],
+            100,
+        );
+        let mut same = vec![(10, 1.0), (20, 2.0), (30, 3.0), (40, 4.0)];
+        assert_eq!(held.keep_missing(&labels(1), &mut same), 2);
+        assert_eq!(same, [(20, 2.0), (40, 4.0)]);
+        // A newer sample of the series is no reason to skip older ones of another series.
+        let mut other = vec![(10, 1.0), (20, 2.0)];
+        assert_eq!(held.keep_missing(&labels(2), &mut other), 0);
+        assert_eq!(other.len(), 2);
+        assert!(held.covers(99) && !held.covers(100));
+        assert!(
+            !AlreadyWritten::default().covers(0),
+            "nothing recorded, nothing skipped"
+        );
+    }
+
+    proptest! {
+        /// The source minus what is skipped, plus what the destination held, is the source and
+        /// the destination together: nothing of the source is lost, nothing is sent twice.
+        #[test]
+        fn skipping_keeps_exactly_what_the_destination_lacks(
+            source in proptest::collection::btree_set(0i64..500, 0..60),
+            held in proptest::collection::btree_set(0i64..500, 0..60),
+        ) {
+            let already = AlreadyWritten::new(
+                vec![Series { labels: labels(1), samples: held.iter().map(|t| (*t, 0.0)).collect() }],
+                500,
+            );
+            let mut sent: Vec<(i64, f64)> = source.iter().map(|t| (*t, 0.0)).collect();
+            let skipped = already.keep_missing(&labels(1), &mut sent);
+            let sent: std::collections::BTreeSet<i64> = sent.iter().map(|x| x.0).collect();
+            prop_assert_eq!(skipped as usize, source.intersection(&held).count());
+            prop_assert!(sent.is_disjoint(&held));
+            let union: std::collections::BTreeSet<i64> = sent.union(&held).copied().collect();
+            prop_assert!(source.is_subset(&union));
         }
     }
 }
