@@ -42,8 +42,10 @@ if [ "${1:-}" = "--print" ]; then
 fi
 
 command -v go >/dev/null || { echo "peers: go is not installed (Go 1.24 or newer is needed)" >&2; exit 1; }
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+# GOWORK=off: Prometheus ships a go.work, and workspace mode refuses -mod=mod.
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod GOWORK=off
 
+# Every step checks its own result: `set -e` does not apply inside a function called from `||`.
 build() {
     local name=$1 version=$2 module=$3 pkg=$4 bin=$5 tags=$6 replace=${7:-}
     local out="$cache/$name-$version/$bin"
@@ -62,10 +64,9 @@ build() {
         return 1
     fi
     scratch=$(mktemp -d)
-    cp -r "$dir/." "$scratch/"
-    chmod -R u+w "$scratch"
+    cp -r "$dir/." "$scratch/" && chmod -R u+w "$scratch" || return 1
     if [ -n "$replace" ] && ! grep -q "^[[:space:]]*${replace%%=*} =>" "$scratch/go.mod"; then
-        (cd "$scratch" && go mod edit -replace "$replace")
+        (cd "$scratch" && go mod edit -replace "$replace") || return 1
     fi
     # The version the binary reports (`--version`, buildinfo): Prometheus 3 modules are v0.3xx.y.
     local shown=${version#v}
@@ -75,11 +76,11 @@ build() {
         shown="$((minor / 100)).$((minor % 100)).$patch"
     fi
     echo "peers: $name $version $bin: building (go build -tags $tags)"
-    mkdir -p "$cache/$name-$version"
+    mkdir -p "$cache/$name-$version" || return 1
     (cd "$scratch" && nice go build -trimpath -tags "$tags" \
         -ldflags "-s -w -X github.com/prometheus/common/version.Version=$shown -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=$version" \
-        -o "$out.tmp" "$pkg")
-    mv "$out.tmp" "$out"
+        -o "$out.tmp" "$pkg") || { rm -rf "$scratch"; return 1; }
+    mv "$out.tmp" "$out" || return 1
     rm -rf "$scratch"
     echo "peers: $name $version $bin: built in $((SECONDS - started)) s -> $out"
 }

@@ -172,7 +172,9 @@ impl Peer {
 /// exactly as Mimir does. Rings in memory, blocks on the local disk, gossip off.
 pub async fn cortex(peers: &Peers, http: &Http, dir: &Path, extra: &str) -> Result<Peer, String> {
     let data = dir.join("cortex");
-    std::fs::create_dir_all(&data).map_err(|e| e.to_string())?;
+    for sub in ["alerts", "rules", "rules-tmp"] {
+        std::fs::create_dir_all(data.join(sub)).map_err(|e| e.to_string())?;
+    }
     let config = |ports: &[u16]| {
         format!(
             r#"
@@ -216,9 +218,9 @@ frontend:
   instance_interface_names: [lo]
 frontend_worker:
   match_max_concurrent: true
-querier:
   instance_interface_names: [lo]
 ruler:
+  rule_path: {d}/rules-tmp
   ring:
     instance_addr: 127.0.0.1
     kvstore: {{ store: inmemory }}
