@@ -241,6 +241,13 @@ fn serve(
     };
     runtime.block_on(async move {
         let config_name = config.source.clone();
+        let signals = match server::Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return ExitCode::from(1);
+            }
+        };
         let server = match Server::bind(config, source, options).await {
             Ok(s) => s,
             Err(e) => {
@@ -250,7 +257,7 @@ fn serve(
         };
         tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, "tenantgate starting");
         let handle = server.handle();
-        server.run(server::signals(handle)).await;
+        server.run(signals.wait(handle)).await;
         ExitCode::SUCCESS
     })
 }

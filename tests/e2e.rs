@@ -10,6 +10,8 @@
 //! Needs `prometheus`, `promtool` and `nginx`; without them the tests skip loudly, or fail under
 //! `CI=true`. Run with `cargo test --test e2e -- --test-threads=2`.
 
+// Shared with the migrate and peers suites: not every helper is used here.
+#[allow(dead_code)]
 #[path = "e2e/harness.rs"]
 mod harness;
 #[path = "e2e/prompb.rs"]

@@ -89,16 +89,19 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
     })
 }
 
+/// Registers SIGINT and SIGTERM now (a signal not yet registered would kill the process with
+/// its slab half written) and handles them in a task: the first stops after the slab in flight,
+/// a second abandons it.
 fn spawn_signal_handler(stop: Stop) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM kill the migration");
+        return;
+    };
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::warn!("cannot install signal handlers; SIGINT/SIGTERM kill the migration");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = int.recv() => {}

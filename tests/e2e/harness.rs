@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1193,4 +1194,142 @@ pub fn enc(s: &str) -> String {
         }
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// The source: a Prometheus holding generated history
+
+pub struct History {
+    pub prom: Prometheus,
+    /// First and one-past-last sample time, in seconds.
+    pub start: i64,
+    pub end: i64,
+    pub series: i64,
+    pub step: i64,
+    _dir: TempDir,
+}
+
+impl History {
+    pub fn samples(&self) -> i64 {
+        self.series * (self.end - self.start) / self.step
+    }
+
+    pub fn read_url(&self) -> String {
+        format!("{}/api/v1/read", self.prom.url())
+    }
+}
+
+/// `series` series of `metric`, one sample every `step` seconds for `hours`, ending two hours
+/// ago (on a step boundary), turned into TSDB blocks by promtool and served by a Prometheus.
+pub async fn history(
+    bins: &Binaries,
+    http: &Http,
+    label: &str,
+    metric: &str,
+    series: i64,
+    hours: i64,
+    step: i64,
+) -> History {
+    let dir = TempDir::new(label).unwrap();
+    let end = (now_ms() / 1000 - 2 * 3600) / 3600 * 3600;
+    let start = end - hours * 3600;
+    let om = dir.path().join("history.om");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&om).unwrap());
+        writeln!(f, "# TYPE {metric} gauge").unwrap();
+        for s in 0..series {
+            for t in (start..end).step_by(step as usize) {
+                // Values that vary, so XOR chunks use every encoding width.
+                let v = ((t / step) * 31 + s * 7) % 1009;
+                writeln!(f, "{metric}{{job=\"hist\",series=\"{s}\"}} {v}.25 {t}").unwrap();
+            }
+        }
+        writeln!(f, "# EOF").unwrap();
+    }
+    let blocks = dir.path().join("blocks");
+    let out = run_tool(
+        &bins.promtool,
+        &[
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            om.to_str().unwrap(),
+            blocks.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(out.success, "promtool could not create the history:\n{out}");
+    std::fs::remove_file(&om).unwrap();
+    let data_arg = format!("--storage.tsdb.path={}", blocks.display());
+    let prom = Prometheus::start(
+        bins,
+        http,
+        dir.path(),
+        "source",
+        "",
+        &[&data_arg, "--storage.tsdb.retention.time=30d"],
+        |_| "global: {}\n".to_owned(),
+    )
+    .await
+    .unwrap();
+    History {
+        prom,
+        start,
+        end,
+        series,
+        step,
+        _dir: dir,
+    }
+}
+
+/// One number from an instant query (0 when the result is empty); `headers` choose a tenant.
+pub async fn scalar(
+    http: &Http,
+    prom_url: &str,
+    expr: &str,
+    at_secs: f64,
+    headers: &[(&str, &str)],
+) -> f64 {
+    let url = format!(
+        "{prom_url}/api/v1/query?query={}&time={at_secs:.3}",
+        enc(expr)
+    );
+    let data = http
+        .get_with(&url, headers)
+        .await
+        .unwrap()
+        .prom_data()
+        .unwrap();
+    match data["result"].as_array().and_then(|r| r.first()) {
+        Some(v) => v["value"][1].as_str().unwrap().parse().unwrap(),
+        None => 0.0,
+    }
+}
+
+/// Samples of `metric` the server at `prom_url` holds in `[start, end)` (seconds).
+pub async fn count_samples(http: &Http, prom_url: &str, metric: &str, start: i64, end: i64) -> i64 {
+    count_between(http, prom_url, metric, start as f64, end as f64, &[]).await
+}
+
+/// Samples of `metric` in `[start, end)`, times in seconds with milliseconds.
+pub async fn count_between(
+    http: &Http,
+    prom_url: &str,
+    metric: &str,
+    start: f64,
+    end: f64,
+    headers: &[(&str, &str)],
+) -> i64 {
+    // Evaluated a millisecond before `end`; the range reaches back to `start`.
+    let range_ms = ((end - start) * 1000.0).round() as i64 - 1;
+    scalar(
+        http,
+        prom_url,
+        &format!("sum(count_over_time({metric}[{range_ms}ms]))"),
+        end - 0.001,
+        headers,
+    )
+    .await as i64
 }

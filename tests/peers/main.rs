@@ -14,6 +14,7 @@ mod relay;
 mod rig;
 
 mod auth;
+mod migrate;
 mod tools;
 mod topology;
 mod writes;
