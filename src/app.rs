@@ -262,6 +262,12 @@ impl App {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // 0. CONNECT asks for a tunnel, which tenantgate never opens (its target is an
+        //    authority, not a path, so it could not be routed either).
+        if req.method() == http::Method::CONNECT {
+            return Err(ProxyError::MethodNotAllowed("CONNECT".to_owned()));
+        }
+
         // 1. One normalized path, used for matching and forwarding alike.
         let path = normalize_path(req.uri().path())?.into_owned();
         ex.path.clone_from(&path);

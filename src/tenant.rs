@@ -44,6 +44,8 @@ pub enum InvalidTenant {
     Dots,
     #[error("\"{RESERVED}\" is reserved by Mimir")]
     Reserved,
+    #[error("tenant {0:?} is listed twice in the federated set")]
+    Duplicate(String),
 }
 
 fn valid_char(c: char) -> bool {
@@ -82,8 +84,13 @@ impl TenantId {
             if !federation {
                 return Err(InvalidTenant::Federation);
             }
-            for part in s.split('|') {
+            for (i, part) in s.split('|').enumerate() {
                 validate_one(part)?;
+                // `a|a` names one tenant as a set: refused, so that a set is never two spellings
+                // of the same tenant (Mimir would count and log it as a federated query).
+                if s.split('|').take(i).any(|earlier| earlier == part) {
+                    return Err(InvalidTenant::Duplicate(part.to_owned()));
+                }
             }
         } else {
             validate_one(s)?;
@@ -426,6 +433,10 @@ mod tests {
         );
         assert_eq!(TenantId::parse_with("a|", true), Err(InvalidTenant::Empty));
         assert_eq!(TenantId::parse_with("a|..", true), Err(InvalidTenant::Dots));
+        assert_eq!(
+            TenantId::parse_with("team-a|team-b|team-a", true),
+            Err(InvalidTenant::Duplicate("team-a".into()))
+        );
     }
 
     fn header(v: &[&str]) -> HeaderMap {

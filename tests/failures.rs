@@ -295,3 +295,28 @@ async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn connect_gets_405_and_nothing_is_forwarded() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let resp = raw(
+        gate.addr,
+        "CONNECT example.org:443 HTTP/1.1\r\nHost: example.org:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert!(up.requests().is_empty(), "CONNECT reached the upstream");
+}
+
+#[tokio::test]
+async fn an_upstream_101_becomes_a_502() {
+    // tenantgate strips Upgrade and tunnels nothing: a 101 passed on would be a bare
+    // informational answer on HTTP/1.1 and an illegal one on HTTP/2.
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let (status, _, body) = get(&gate.url("/status/101")).await;
+    assert_eq!(status, http::StatusCode::BAD_GATEWAY);
+    let v = json(&body);
+    assert!(v["error"].as_str().unwrap_or("").contains("101"), "{v}");
+}

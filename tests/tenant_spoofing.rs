@@ -77,3 +77,26 @@ async fn each_route_sends_only_its_own_tenant() {
     raw(gate.addr, "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nX-Scope-OrgID: team-b\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert_eq!(up.last().all("x-scope-orgid"), ["team-a"]);
 }
+
+#[tokio::test]
+async fn underscore_lookalikes_and_the_label_policy_header_never_reach_the_upstream() {
+    // NGINX with `underscores_in_headers on` reads X_Scope_OrgID as the tenant header, and Mimir
+    // enforces label-based access from X-Prom-Label-Policy: a client may set neither.
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let resp = raw(
+        gate.addr,
+        "GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\nX_Scope_OrgID: evil\r\nX-Prom-Label-Policy: evil:%7Bjob%3D%22x%22%7D\r\nX_Prom_Label_Policy: evil\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = up.last();
+    assert_eq!(seen.all("x-scope-orgid"), ["team-a"]);
+    for name in [
+        "x_scope_orgid",
+        "x-prom-label-policy",
+        "x_prom_label_policy",
+    ] {
+        assert!(seen.all(name).is_empty(), "{name} reached the upstream");
+    }
+}

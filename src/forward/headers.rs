@@ -48,18 +48,54 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name) || name == header::UPGRADE
 }
 
+/// Mimir's label-based access policy, enforced from this header: only tenantgate may set it.
+pub const LABEL_POLICY_HEADER: &str = "x-prom-label-policy";
+
 /// Replaces every client-supplied `X-Scope-OrgID` (header names are case-insensitive, and
-/// `HeaderMap::insert` drops every earlier copy) with exactly the one tenantgate chose.
+/// `HeaderMap::insert` drops every earlier copy) with exactly the one tenantgate chose, after
+/// [`remove_control_headers`].
 pub fn set_tenant(headers: &mut HeaderMap, tenant: &TenantId) {
+    remove_control_headers(headers);
     headers.insert(
         HeaderName::from_static(TENANT_HEADER),
         tenant.header_value().clone(),
     );
 }
 
-/// Removes every `X-Scope-OrgID` without setting one.
+/// Removes every `X-Scope-OrgID` without setting one (and the other control headers).
 pub fn remove_tenant(headers: &mut HeaderMap) {
+    remove_control_headers(headers);
     headers.remove(HeaderName::from_static(TENANT_HEADER));
+}
+
+/// Removes the headers a client must never set itself: `X-Prom-Label-Policy`, and any header
+/// that reads as it or as `X-Scope-OrgID` once `_` is taken for `-`. NGINX with
+/// `underscores_in_headers on` (and other servers) treat `X_Scope_OrgID` as the tenant header,
+/// and would read the client's copy ahead of ours.
+pub fn remove_control_headers(headers: &mut HeaderMap) {
+    headers.remove(HeaderName::from_static(LABEL_POLICY_HEADER));
+    // Names are lower case here; lookalikes need an underscore, which real headers rarely have.
+    if !headers.keys().any(|k| k.as_str().contains('_')) {
+        return;
+    }
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_control_lookalike(k.as_str()))
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+}
+
+fn is_control_lookalike(name: &str) -> bool {
+    [TENANT_HEADER, LABEL_POLICY_HEADER].iter().any(|control| {
+        name.len() == control.len()
+            && name
+                .bytes()
+                .zip(control.bytes())
+                .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+    })
 }
 
 /// Appends the client address to `X-Forwarded-For` (as NGINX's `$proxy_add_x_forwarded_for`
@@ -102,6 +138,23 @@ mod tests {
             );
         }
         h
+    }
+
+    /// Underscore lookalikes of the tenant and policy headers and the policy header itself go;
+    /// other headers with underscores stay.
+    #[test]
+    fn lookalikes_of_control_headers_are_removed() {
+        let mut h = map(&[
+            ("x_scope_orgid", "evil"),
+            ("x-scope_orgid", "evil"),
+            ("x_prom_label_policy", "evil"),
+            ("x-prom-label-policy", "evil"),
+            ("x_custom_thing", "kept"),
+        ]);
+        set_tenant(&mut h, &TenantId::parse("team-a").unwrap());
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h["x-scope-orgid"], "team-a");
+        assert_eq!(h["x_custom_thing"], "kept");
     }
 
     /// Every hop-by-hop header of RFC 9110 §7.6.1 is removed; end-to-end headers stay.

@@ -283,6 +283,16 @@ impl Upstream {
                     });
                 }
             };
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // An upgrade tenantgate never asked for (it strips `Upgrade`): passing it on would
+            // be a bare 101 on HTTP/1.1 and an illegal response on HTTP/2.
+            return Err(ProxyError::Upstream {
+                upstream: self.settings.name.clone(),
+                kind: UpstreamErrorKind::Reset,
+                detail: "answered 101 Switching Protocols; tenantgate does not tunnel upgrades"
+                    .to_owned(),
+            });
+        }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         Ok(Response::from_parts(
