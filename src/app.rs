@@ -267,6 +267,11 @@ impl App {
         if req.method() == http::Method::CONNECT {
             return Err(ProxyError::MethodNotAllowed("CONNECT".to_owned()));
         }
+        // hyper enforces the header count on HTTP/1 only; HTTP/2 gets the same limit here.
+        let limit = rt.config.server.max_headers;
+        if req.headers().len() > limit {
+            return Err(ProxyError::TooManyHeaders { limit });
+        }
 
         // 1. One normalized path, used for matching and forwarding alike.
         let path = normalize_path(req.uri().path())?.into_owned();

@@ -42,6 +42,9 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("request body is larger than this route's max_request_body ({limit} bytes)")]
     BodyTooLarge { limit: u64 },
+    /// More request headers than `server.max_headers` (HTTP/2; hyper answers HTTP/1 itself).
+    #[error("more than {limit} request headers (server.max_headers)")]
+    TooManyHeaders { limit: usize },
     #[error("invalid tenant: {0}")]
     BadTenant(#[from] InvalidTenant),
     /// No or wrong credentials; `challenges` become `WWW-Authenticate` headers.
@@ -80,6 +83,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_data"),
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
+            ProxyError::TooManyHeaders { .. } => {
+                (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_data")
+            }
             ProxyError::BadTenant(_) | ProxyError::BadTenantHeader(_) => {
                 (StatusCode::BAD_REQUEST, "bad_data")
             }
@@ -158,6 +164,7 @@ mod tests {
             ),
             (ProxyError::MethodNotAllowed("PUT".into()), 405, "bad_data"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "bad_data"),
+            (ProxyError::TooManyHeaders { limit: 100 }, 431, "bad_data"),
             (
                 ProxyError::BadTenant(InvalidTenant::Federation),
                 400,
