@@ -42,6 +42,10 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     #[error("request body is larger than this route's max_request_body ({limit} bytes)")]
     BodyTooLarge { limit: u64 },
+    /// The client's request body broke off or was malformed while it was being forwarded. Not
+    /// an upstream error: it is not counted in `tenantgate_upstream_errors_total`.
+    #[error("the request body from the client failed: {0}")]
+    ClientBody(String),
     /// More request headers than `server.max_headers` (HTTP/2; hyper answers HTTP/1 itself).
     #[error("more than {limit} request headers (server.max_headers)")]
     TooManyHeaders { limit: usize },
@@ -83,6 +87,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => (StatusCode::NOT_FOUND, "not_found"),
             ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_data"),
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
+            ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_data"),
             ProxyError::TooManyHeaders { .. } => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_data")
             }
@@ -165,6 +170,7 @@ mod tests {
             (ProxyError::MethodNotAllowed("PUT".into()), 405, "bad_data"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "bad_data"),
             (ProxyError::TooManyHeaders { limit: 100 }, 431, "bad_data"),
+            (ProxyError::ClientBody("x".into()), 400, "bad_data"),
             (
                 ProxyError::BadTenant(InvalidTenant::Federation),
                 400,

@@ -320,3 +320,27 @@ async fn an_upstream_101_becomes_a_502() {
     let v = json(&body);
     assert!(v["error"].as_str().unwrap_or("").contains("101"), "{v}");
 }
+
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_error_not_the_upstreams() {
+    // A bad chunk size in the middle of an upload: 400, and no upstream error is counted (any
+    // client could otherwise set off alerts about the upstream).
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let resp = raw(
+        gate.addr,
+        "POST /api/v1/push HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZ\r\nnot a chunk\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("request body from the client"), "{resp}");
+    let admin = gate.admin.expect("admin listener");
+    let (_, _, metrics) = get(&format!("http://{admin}/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("tenantgate_upstream_errors_total{") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+}

@@ -30,6 +30,12 @@ pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 /// tenantgate closes first and never writes to a connection the upstream is closing).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
+/// Reading the client's request body failed (a bad chunk, an aborted upload): the client's
+/// fault, not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body from the client: {0}")]
+pub struct ClientBodyError(pub BoxError);
+
 /// The request body grew past the route's `max_request_body`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than {limit} bytes")]
@@ -86,7 +92,9 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e.into())))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -315,6 +323,9 @@ impl Upstream {
                 return ProxyError::BodyTooLarge {
                     limit: too_large.limit,
                 };
+            }
+            if let Some(client) = e.downcast_ref::<ClientBodyError>() {
+                return ProxyError::ClientBody(client.0.to_string());
             }
             if e.downcast_ref::<rustls::Error>().is_some() {
                 kind = UpstreamErrorKind::Tls;
