@@ -7,6 +7,13 @@
 //! is bounded by hyper's header-read timeout; HTTP/2 has no idle timeout in hyper, so [`drive`]
 //! shuts a connection down gracefully when no request has started on it for
 //! `server.idle_timeout` (streams in progress still finish), or when the server drains.
+//!
+//! Once a request is under way: its body must keep coming ([`TimedBody`]: at most
+//! `server.body_read_timeout` between two pieces and, after a grace period, at least
+//! `server.body_min_rate` on average, so a client trickling a byte a second cannot hold a request
+//! slot), and the client must keep reading what is sent ([`WriteDeadline`]: a write that makes no
+//! progress for `server.send_timeout` fails the connection, like NGINX's `send_timeout`). A remote
+//! read that streams slowly but steadily is never cut: both bound stalls, not durations.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
+use http_body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
@@ -122,6 +130,200 @@ pub struct Limits {
     pub header_read: Duration,
     /// Between requests on an HTTP/2 connection.
     pub idle: Duration,
+    /// How a request body must keep coming.
+    pub body: BodyPace,
+    /// Longest a write to the client may make no progress.
+    pub send: Duration,
+}
+
+/// How a request body must keep coming.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyPace {
+    /// Longest wait for the next piece.
+    pub idle: Duration,
+    /// Least average rate in bytes per second, checked once [`BodyPace::grace`] has passed.
+    pub min_rate: u64,
+    pub grace: Duration,
+}
+
+/// The client sent its request body too slowly (see [`BodyPace`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyTooSlow {
+    #[error("no part of the request body arrived for {0:?} (server.body_read_timeout)")]
+    Idle(Duration),
+    #[error(
+        "the request body arrived at {rate} bytes/s, below server.body_min_rate ({min} bytes/s)"
+    )]
+    Rate { rate: u64, min: u64 },
+}
+
+pin_project_lite::pin_project! {
+    /// A request body held to a [`BodyPace`]. The timer is allocated only when the client makes
+    /// us wait, as most bodies arrive at once.
+    pub struct TimedBody<B> {
+        #[pin]
+        inner: B,
+        pace: BodyPace,
+        started: tokio::time::Instant,
+        bytes: u64,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<B> TimedBody<B> {
+    pub fn new(inner: B, pace: BodyPace) -> Self {
+        TimedBody {
+            inner,
+            pace,
+            started: tokio::time::Instant::now(),
+            bytes: 0,
+            timer: None,
+        }
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<crate::body::BoxError>,
+{
+    type Data = Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.timer = None;
+                if let Some(d) = frame.data_ref() {
+                    *this.bytes += d.len() as u64;
+                }
+                let elapsed = this.started.elapsed();
+                if elapsed > this.pace.grace && this.pace.min_rate > 0 {
+                    let rate = (*this.bytes as f64 / elapsed.as_secs_f64()) as u64;
+                    if rate < this.pace.min_rate {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooSlow::Rate {
+                            rate,
+                            min: this.pace.min_rate,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let idle = this.pace.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow::Idle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client connection whose writes must make progress: a write, flush or shutdown that stays
+/// pending for longer than `timeout` fails with `TimedOut`, which ends the connection.
+pub struct WriteDeadline<S> {
+    inner: S,
+    timeout: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> WriteDeadline<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            timeout,
+            timer: None,
+        }
+    }
+
+    /// Passes on what the write did; while it is pending, runs the stall timer.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let timeout = self.timeout;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the client read nothing for {timeout:?} (server.send_timeout)"),
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.watch(cx, polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.watch(cx, polled)
+    }
 }
 
 /// Runs a connection to its end: shuts it down gracefully (in-flight requests finish) when the
@@ -209,6 +411,82 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    const PACE: BodyPace = BodyPace {
+        idle: Duration::from_secs(30),
+        min_rate: 1024,
+        grace: Duration::from_secs(10),
+    };
+
+    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Chan {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_body_fails_at_the_idle_timeout() {
+        use http_body_util::BodyExt as _;
+        let (_tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = TimedBody::new(Chan(rx), PACE);
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("body_read_timeout"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_body_fails_below_the_minimum_rate_but_a_steady_one_passes() {
+        use http_body_util::BodyExt as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = TimedBody::new(Chan(rx), PACE);
+        let trickle = tokio::spawn(async move {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if tx.send(Bytes::from_static(b"x")).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut failed = None;
+        while let Some(f) = body.frame().await {
+            if let Err(e) = f {
+                failed = Some(e.to_string());
+                break;
+            }
+        }
+        assert!(failed.is_some_and(|e| e.contains("body_min_rate")));
+        trickle.abort();
+
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = TimedBody::new(Chan(rx), PACE);
+        tokio::spawn(async move {
+            for _ in 0..30 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.send(Bytes::from(vec![0u8; 2048])).await;
+            }
+        });
+        let mut n = 0;
+        while let Some(f) = body.frame().await {
+            n += f.unwrap().into_data().unwrap().len();
+        }
+        assert_eq!(n, 30 * 2048);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_reads_fails_at_the_send_timeout() {
+        // A duplex of 64 bytes that nobody reads: the second write blocks forever.
+        let (_client, server) = tokio::io::duplex(64);
+        let mut w = WriteDeadline::new(server, Duration::from_secs(60));
+        w.write_all(&[0u8; 64]).await.unwrap();
+        let err = w.write_all(&[0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
     }
 
     #[tokio::test]

@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// an upstream error: it is not counted in `tenantgate_upstream_errors_total`.
     #[error("the request body from the client failed: {0}")]
     ClientBody(String),
+    /// The client sent its request body too slowly (`server.body_read_timeout`, `body_min_rate`).
+    #[error("{0}")]
+    ClientTooSlow(String),
     /// More request headers than `server.max_headers` (HTTP/2; hyper answers HTTP/1 itself).
     #[error("more than {limit} request headers (server.max_headers)")]
     TooManyHeaders { limit: usize },
@@ -88,6 +91,7 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "bad_data"),
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
             ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            ProxyError::ClientTooSlow(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ProxyError::TooManyHeaders { .. } => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_data")
             }
@@ -171,6 +175,7 @@ mod tests {
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "bad_data"),
             (ProxyError::TooManyHeaders { limit: 100 }, 431, "bad_data"),
             (ProxyError::ClientBody("x".into()), 400, "bad_data"),
+            (ProxyError::ClientTooSlow("x".into()), 408, "timeout"),
             (
                 ProxyError::BadTenant(InvalidTenant::Federation),
                 400,

@@ -56,6 +56,8 @@ pub struct Server {
     max_connections: usize,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    body_pace: conn::BodyPace,
+    send_timeout: Duration,
     max_headers: usize,
     max_header_bytes: usize,
     shutdown_grace: Duration,
@@ -110,6 +112,12 @@ impl Server {
         let max_connections = config.server.max_connections;
         let header_read_timeout = config.server.header_read_timeout;
         let idle_timeout = config.server.idle_timeout;
+        let body_pace = conn::BodyPace {
+            idle: config.server.body_read_timeout,
+            min_rate: config.server.body_min_rate,
+            grace: BODY_RATE_GRACE,
+        };
+        let send_timeout = config.server.send_timeout;
         let max_headers = config.server.max_headers;
         let max_header_bytes =
             usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX);
@@ -129,6 +137,8 @@ impl Server {
             max_connections,
             header_read_timeout,
             idle_timeout,
+            body_pace,
+            send_timeout,
             max_headers,
             max_header_bytes,
             shutdown_grace,
@@ -191,6 +201,8 @@ impl Server {
         let limits = conn::Limits {
             header_read: self.header_read_timeout,
             idle: self.idle_timeout,
+            body: self.body_pace,
+            send: self.send_timeout,
         };
 
         for addr in self.data_addrs() {
@@ -262,6 +274,10 @@ struct Listener {
     stop: watch::Receiver<bool>,
     limits: conn::Limits,
 }
+
+/// How long a request body may arrive before `server.body_min_rate` applies: a client's first
+/// seconds (TCP slow start, a TLS handshake just done) say little about its rate.
+const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 
 /// hyper's own HTTP/1 header count limit (parsed on the stack).
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -398,7 +414,7 @@ where
     // Lingering: the client reads our last answer even if it is still sending when we close.
     let io = TokioIo::new(conn::Replay::new(
         prefix,
-        crate::discard::Lingering::new(stream),
+        crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send)),
     ));
     let activity = Arc::new(AtomicU64::new(0));
     match role {
@@ -406,6 +422,7 @@ where
             let svc = DataService {
                 app: state.app.clone(),
                 info: Arc::new(info),
+                body_pace: limits.body,
                 activity: activity.clone(),
             };
             conn::drive(
@@ -458,6 +475,7 @@ impl hyper::service::Service<Request<Incoming>> for AdminService {
 struct DataService {
     app: App,
     info: Arc<ConnInfo>,
+    body_pace: conn::BodyPace,
     /// When the last request on this connection started ([`conn::mono_ms`]).
     activity: Arc<AtomicU64>,
 }
@@ -473,6 +491,7 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
         // A body dropped unread by an early answer goes on being discarded, so that the client
         // gets the answer (see `discard`).
         let (parts, body) = req.into_parts();
+        let body = conn::TimedBody::new(body, self.body_pace);
         let (body, hold) = if parts.version == http::Version::HTTP_2 {
             crate::discard::RequestBody::held(body)
         } else {

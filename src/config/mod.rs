@@ -56,6 +56,10 @@ pub struct ServerSettings {
     pub shutdown_delay: Duration,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    pub body_read_timeout: Duration,
+    /// Bytes per second; 0 = off.
+    pub body_min_rate: u64,
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_requests_in_flight: usize,
     pub max_header_bytes: u64,

@@ -45,6 +45,15 @@ pub struct RawServer {
     /// An HTTP/2 connection on which no request starts for this long is closed gracefully.
     /// Default 2m.
     pub idle_timeout: Option<PromDuration>,
+    /// Longest wait for the next piece of a request body; longer gets 408. Default 60s.
+    pub body_read_timeout: Option<PromDuration>,
+    /// Least average rate of a request body once it has been arriving for 10s, per second
+    /// (`1KiB` = 1024 bytes/s); slower gets 408, so a trickling client cannot hold a request
+    /// slot. `0B` turns it off. Default 1KiB.
+    pub body_min_rate: Option<ByteSize>,
+    /// Longest a write to a client may make no progress (a client that stopped reading); the
+    /// connection is then closed. Default 60s.
+    pub send_timeout: Option<PromDuration>,
     /// Connections served at once; further connections wait in the accept queue. Default 10000.
     pub max_connections: Option<usize>,
     /// Requests served at once, over all connections (HTTP/2 multiplexes many on one); more get

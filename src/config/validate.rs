@@ -364,6 +364,15 @@ pub fn validate(
             .server
             .header_read_timeout
             .map_or(Duration::from_secs(30), |d| d.0),
+        body_read_timeout: raw
+            .server
+            .body_read_timeout
+            .map_or(Duration::from_secs(60), |d| d.0),
+        body_min_rate: raw.server.body_min_rate.map_or(1024, |s| s.0),
+        send_timeout: raw
+            .server
+            .send_timeout
+            .map_or(Duration::from_secs(60), |d| d.0),
         max_requests_in_flight: raw.server.max_requests_in_flight.unwrap_or(4096),
         max_connections: raw.server.max_connections.unwrap_or(10_000),
         max_header_bytes: raw.server.max_header_bytes.map_or(64 << 10, |s| s.0),
@@ -395,6 +404,12 @@ pub fn validate(
     }
     if server.header_read_timeout.is_zero() {
         errs.at::<()>("server.header_read_timeout", None, "must be > 0, got 0s");
+    }
+    if server.body_read_timeout.is_zero() {
+        errs.at::<()>("server.body_read_timeout", None, "must be > 0, got 0s");
+    }
+    if server.send_timeout.is_zero() {
+        errs.at::<()>("server.send_timeout", None, "must be > 0, got 0s");
     }
     if server.max_requests_in_flight == 0 {
         errs.at::<()>("server.max_requests_in_flight", None, "must be > 0");

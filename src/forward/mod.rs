@@ -325,6 +325,13 @@ impl Upstream {
                 };
             }
             if let Some(client) = e.downcast_ref::<ClientBodyError>() {
+                if client
+                    .0
+                    .downcast_ref::<crate::conn::BodyTooSlow>()
+                    .is_some()
+                {
+                    return ProxyError::ClientTooSlow(client.0.to_string());
+                }
                 return ProxyError::ClientBody(client.0.to_string());
             }
             if e.downcast_ref::<rustls::Error>().is_some() {
