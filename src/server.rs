@@ -604,18 +604,24 @@ async fn admin(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
 async fn reload(state: &State) -> Result<(), String> {
     let _guard = state.reload_lock.lock().await;
     let metrics = state.app.metrics().clone();
-    let result = match state.source.load() {
-        Ok(config) => {
+    // Files are read (config, certificates, secrets) off the runtime's workers.
+    let source = state.source.clone();
+    let loaded = tokio::task::spawn_blocking(move || source.load())
+        .await
+        .map_err(|e| format!("the reload task failed: {e}"));
+    let result = match loaded {
+        Ok(Ok(config)) => {
             let old = state.app.runtime();
-            if config.server.listen != old.config.server.listen
-                || config.admin.as_ref().map(|a| &a.listen)
-                    != old.config.admin.as_ref().map(|a| &a.listen)
-            {
-                tracing::warn!("listen addresses changed: they take effect on restart only");
+            for key in start_only_changes(&old.config, &config) {
+                tracing::warn!(
+                    key,
+                    "changed, but it takes effect on restart only; the running value stays"
+                );
             }
             state.app.swap(config)
         }
-        Err(e) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     metrics.config_loaded(result.is_ok());
     match &result {
@@ -625,6 +631,55 @@ async fn reload(state: &State) -> Result<(), String> {
         }
     }
     result
+}
+
+/// Keys of `new` that differ from `old` but are read only when the server starts.
+fn start_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let (o, n) = (&old.server, &new.server);
+    let mut changed = Vec::new();
+    let mut check = |key, differs: bool| {
+        if differs {
+            changed.push(key);
+        }
+    };
+    check("server.listen", o.listen != n.listen);
+    check(
+        "admin.listen",
+        old.admin.as_ref().map(|a| &a.listen) != new.admin.as_ref().map(|a| &a.listen),
+    );
+    check(
+        "server.header_read_timeout",
+        o.header_read_timeout != n.header_read_timeout,
+    );
+    check("server.idle_timeout", o.idle_timeout != n.idle_timeout);
+    check(
+        "server.body_read_timeout",
+        o.body_read_timeout != n.body_read_timeout,
+    );
+    check("server.body_min_rate", o.body_min_rate != n.body_min_rate);
+    check("server.send_timeout", o.send_timeout != n.send_timeout);
+    check(
+        "server.max_connections",
+        o.max_connections != n.max_connections,
+    );
+    check(
+        "server.max_requests_in_flight",
+        o.max_requests_in_flight != n.max_requests_in_flight,
+    );
+    check(
+        "server.max_header_bytes",
+        o.max_header_bytes != n.max_header_bytes,
+    );
+    check("server.max_headers", o.max_headers != n.max_headers);
+    check(
+        "server.shutdown_grace",
+        o.shutdown_grace != n.shutdown_grace,
+    );
+    check(
+        "server.shutdown_delay",
+        o.shutdown_delay != n.shutdown_delay,
+    );
+    changed
 }
 
 /// SIGTERM, SIGINT and SIGHUP, registered. Install them before binding: until a signal is
@@ -671,5 +726,28 @@ impl Signals {
             let _ = handle;
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        let yaml = format!(
+            "server:\n  listen: 127.0.0.1:0\n{extra}upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: a, tenant: t }}\n"
+        );
+        config::from_yaml(&yaml, "test.yaml", &Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_the_settings_that_wait_for_a_restart() {
+        let old = config("");
+        assert!(start_only_changes(&old, &config("")).is_empty());
+        let new = config("  send_timeout: 5s\n  max_requests_in_flight: 7\n");
+        assert_eq!(
+            start_only_changes(&old, &new),
+            ["server.send_timeout", "server.max_requests_in_flight"]
+        );
     }
 }
