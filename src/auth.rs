@@ -121,8 +121,9 @@ pub enum AuthError {
 #[derive(Default)]
 pub struct Identities {
     list: Vec<Arc<Identity>>,
-    /// The hash unknown users are checked against: a configured identity's own, so a wrong user
-    /// name costs exactly what a wrong password does. `None` without basic-auth identities.
+    /// The hash unknown users are checked against: the configured hash of the highest bcrypt
+    /// cost, so an unknown user name costs at least what any known one does and timing tells no
+    /// names apart. `None` without basic-auth identities.
     decoy: Option<String>,
 }
 
@@ -227,6 +228,11 @@ pub fn placeholder_hash() -> String {
     DUMMY_HASH.to_owned()
 }
 
+/// The cost of a bcrypt hash (`$2b$12$...` -> 12); 0 when it cannot be read.
+fn bcrypt_cost(hash: &str) -> u32 {
+    hash.split('$').nth(2).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 /// SHA-256 of a token.
 pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
@@ -234,10 +240,14 @@ pub fn token_digest(token: &str) -> [u8; 32] {
 
 impl Identities {
     pub fn new(list: Vec<Identity>) -> Self {
-        let decoy = list.iter().find_map(|i| match &i.credential {
-            Credential::Basic { hash, .. } => Some(hash.clone()),
-            _ => None,
-        });
+        let decoy = list
+            .iter()
+            .filter_map(|i| match &i.credential {
+                Credential::Basic { hash, .. } => Some(hash),
+                _ => None,
+            })
+            .max_by_key(|hash| bcrypt_cost(hash))
+            .cloned();
         Identities {
             list: list.into_iter().map(Arc::new).collect(),
             decoy,
@@ -398,6 +408,22 @@ mod tests {
                 credential: Credential::ClientCert(CertName::Cn("sidecar-eu".into())),
             },
         ])
+    }
+
+    #[test]
+    fn unknown_users_are_checked_against_the_costliest_hash() {
+        let basic = |name: &str, cost: u32| Identity {
+            name: name.into(),
+            tenant: tenant("t"),
+            credential: Credential::Basic {
+                user: name.into(),
+                hash: bcrypt::hash("x", cost).unwrap(),
+            },
+        };
+        let ids = Identities::new(vec![basic("cheap", 4), basic("dear", 6), basic("mid", 5)]);
+        assert_eq!(ids.decoy.as_deref().map(bcrypt_cost), Some(6));
+        assert_eq!(bcrypt_cost("$2y$12$abc"), 12);
+        assert_eq!(bcrypt_cost("garbage"), 0);
     }
 
     fn auth(v: &str) -> HeaderMap {
