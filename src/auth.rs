@@ -228,6 +228,23 @@ pub fn placeholder_hash() -> String {
     DUMMY_HASH.to_owned()
 }
 
+/// bcrypt reads only this many bytes of a password.
+const BCRYPT_MAX_PASSWORD: usize = 72;
+
+/// The login cache's key. The password counts only as far as bcrypt reads it, so a user whose
+/// password is right cannot fill the cache with variants that differ after byte 72: each
+/// identity has one entry, and wrong passwords have none.
+fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
+    let effective = &password.as_bytes()[..password.len().min(BCRYPT_MAX_PASSWORD)];
+    let mut h = Sha256::new();
+    h.update(user.as_bytes());
+    h.update([0]);
+    h.update(effective);
+    h.update([0]);
+    h.update(hash.as_bytes());
+    h.finalize().into()
+}
+
 /// The cost of a bcrypt hash (`$2b$12$...` -> 12); 0 when it cannot be read.
 fn bcrypt_cost(hash: &str) -> u32 {
     hash.split('$').nth(2).and_then(|c| c.parse().ok()).unwrap_or(0)
@@ -334,15 +351,7 @@ impl Identities {
             Some((n, hash)) => (Some(n), hash),
             None => (None, decoy.clone()),
         };
-        let key: [u8; 32] = {
-            let mut h = Sha256::new();
-            h.update(user.as_bytes());
-            h.update([0]);
-            h.update(password.as_bytes());
-            h.update([0]);
-            h.update(hash.as_bytes());
-            h.finalize().into()
-        };
+        let key = cache_key(user, password, &hash);
         if let Some(n) = index
             && let Ok(cache) = verified().lock()
             && cache
@@ -408,6 +417,16 @@ mod tests {
                 credential: Credential::ClientCert(CertName::Cn("sidecar-eu".into())),
             },
         ])
+    }
+
+    #[test]
+    fn password_variants_bcrypt_cannot_tell_apart_share_one_cache_entry() {
+        let long = "p".repeat(72);
+        let a = cache_key("u", &format!("{long}variant-1"), "$2b$04$h");
+        let b = cache_key("u", &format!("{long}variant-2"), "$2b$04$h");
+        assert_eq!(a, b);
+        assert_ne!(cache_key("u", "short-1", "h"), cache_key("u", "short-2", "h"));
+        assert_ne!(cache_key("u", "x", "h1"), cache_key("u", "x", "h2"));
     }
 
     #[test]
