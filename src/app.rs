@@ -300,7 +300,12 @@ impl App {
             .unwrap_or_default();
         let resolved = route
             .tenant
-            .resolve(req.headers(), conn.peer.as_deref(), &rt.config.identities)
+            .resolve(
+                req.headers(),
+                conn.peer.as_deref(),
+                conn.remote.ip(),
+                &rt.config.identities,
+            )
             .await
             .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities))?;
         ex.tenant = Some(resolved.tenant.label());
@@ -368,6 +373,9 @@ fn tenant_error(e: TenantError, source: &TenantSource, identities: &Identities) 
     match e {
         TenantError::Unauthenticated(crate::auth::AuthError::Busy) => {
             ProxyError::Overloaded("credential checks are queued")
+        }
+        TenantError::Unauthenticated(crate::auth::AuthError::Throttled(wait)) => {
+            ProxyError::TooManyFailedLogins { retry_after: wait }
         }
         TenantError::Unauthenticated(reason) => {
             let allowed = match source {

@@ -7,7 +7,9 @@
 //! at most a few checks run at once on the blocking pool, so wrong passwords cannot eat the CPU.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
@@ -112,6 +114,9 @@ pub enum AuthError {
     Missing,
     #[error("invalid credentials")]
     Invalid,
+    /// Too many failed logins from this client address lately: retry after this long.
+    #[error("too many failed logins from this address; retry in {}s", .0.as_secs().max(1))]
+    Throttled(std::time::Duration),
     /// Too many credential checks queued: the caller should retry shortly.
     #[error("credential checks are queued; retry shortly")]
     Busy,
@@ -121,6 +126,9 @@ pub enum AuthError {
 #[derive(Default)]
 pub struct Identities {
     list: Vec<Arc<Identity>>,
+    /// `server.max_failed_logins`: failed basic-auth logins per client address per minute
+    /// before that address gets 429 (0: no limit).
+    pub max_failed_logins: u32,
     /// The hash unknown users are checked against: the configured hash of the highest bcrypt
     /// cost, so an unknown user name costs at least what any known one does and timing tells no
     /// names apart. `None` without basic-auth identities.
@@ -247,7 +255,10 @@ fn cache_key(user: &str, password: &str, hash: &str) -> [u8; 32] {
 
 /// The cost of a bcrypt hash (`$2b$12$...` -> 12); 0 when it cannot be read.
 fn bcrypt_cost(hash: &str) -> u32 {
-    hash.split('$').nth(2).and_then(|c| c.parse().ok()).unwrap_or(0)
+    hash.split('$')
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 /// SHA-256 of a token.
@@ -267,6 +278,7 @@ impl Identities {
             .cloned();
         Identities {
             list: list.into_iter().map(Arc::new).collect(),
+            max_failed_logins: DEFAULT_MAX_FAILED_LOGINS,
             decoy,
         }
     }
@@ -285,10 +297,13 @@ impl Identities {
 
     /// Identifies the caller from its `Authorization` header or, without one, its client
     /// certificate. `Ok(None)` never happens: no credential at all is [`AuthError::Missing`].
+    /// Who the caller is: from `Authorization` (basic or bearer), else the client certificate.
+    /// `client` is the caller's address, for the failed-login limit.
     pub async fn authenticate(
         &self,
         headers: &HeaderMap,
         peer: Option<&PeerNames>,
+        client: IpAddr,
     ) -> Result<Arc<Identity>, AuthError> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         if let Some(value) = values.next() {
@@ -299,7 +314,7 @@ impl Identities {
             let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Invalid)?;
             let rest = rest.trim();
             return if scheme.eq_ignore_ascii_case("basic") {
-                self.basic(rest).await
+                self.basic(rest, client).await
             } else if scheme.eq_ignore_ascii_case("bearer") {
                 self.bearer(rest)
             } else {
@@ -332,7 +347,7 @@ impl Identities {
         found.ok_or(AuthError::Invalid)
     }
 
-    async fn basic(&self, encoded: &str) -> Result<Arc<Identity>, AuthError> {
+    async fn basic(&self, encoded: &str, client: IpAddr) -> Result<Arc<Identity>, AuthError> {
         let decoded = base64_decode(encoded).ok_or(AuthError::Invalid)?;
         let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
         let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
@@ -360,6 +375,13 @@ impl Identities {
         {
             return Ok(self.list[n].clone());
         }
+        // A cached login passed above; a flood of wrong ones from one address stops here, before
+        // it takes the bcrypt slots everyone else's first logins need.
+        if let Some(wait) =
+            failed_logins().throttled(client, self.max_failed_logins, Instant::now())
+        {
+            return Err(AuthError::Throttled(wait));
+        }
         let _permit = match tokio::time::timeout(BCRYPT_WAIT, bcrypt_slots().acquire_owned()).await
         {
             Ok(Ok(p)) => p,
@@ -381,15 +403,79 @@ impl Identities {
                 }
                 Ok(self.list[n].clone())
             }
-            _ => Err(AuthError::Invalid),
+            _ => {
+                failed_logins().record(client, Instant::now());
+                Err(AuthError::Invalid)
+            }
         }
     }
+}
+
+/// Default `server.max_failed_logins`: failed basic-auth logins an address may have within
+/// [`FAILURE_WINDOW`]; past it, further attempts from there get 429 with `Retry-After` until
+/// the window ends.
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Addresses tracked at once; beyond it expired entries go, then all (a flood from many
+/// addresses resets the count rather than growing memory).
+const MAX_TRACKED: usize = 10_000;
+
+/// Failed logins per client address: (count, start of the window).
+#[derive(Default)]
+pub struct FailedLogins {
+    by_addr: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl FailedLogins {
+    /// How long `addr` must wait, if it has failed too often lately.
+    pub fn throttled(&self, addr: IpAddr, limit: u32, now: Instant) -> Option<Duration> {
+        if limit == 0 {
+            return None;
+        }
+        let map = self.by_addr.lock().ok()?;
+        let &(count, since) = map.get(&addr)?;
+        let age = now.saturating_duration_since(since);
+        (count >= limit && age < FAILURE_WINDOW).then(|| FAILURE_WINDOW - age)
+    }
+
+    pub fn record(&self, addr: IpAddr, now: Instant) {
+        let Ok(mut map) = self.by_addr.lock() else {
+            return;
+        };
+        if map.len() >= MAX_TRACKED && !map.contains_key(&addr) {
+            map.retain(|_, (_, since)| now.saturating_duration_since(*since) < FAILURE_WINDOW);
+            if map.len() >= MAX_TRACKED {
+                map.clear();
+            }
+        }
+        let entry = map.entry(addr).or_insert((0, now));
+        if now.saturating_duration_since(entry.1) >= FAILURE_WINDOW {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+}
+
+/// Process-wide, like the login cache: a reload does not forget an attacker.
+fn failed_logins() -> &'static FailedLogins {
+    static FAILED: std::sync::OnceLock<FailedLogins> = std::sync::OnceLock::new();
+    FAILED.get_or_init(FailedLogins::default)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// An address of its own for each check, so the failed-login limit of one test never
+    /// touches another (the count is process-wide).
+    fn fresh_addr() -> IpAddr {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        IpAddr::from(
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_be_bytes(),
+        )
+    }
 
     fn tenant(t: &str) -> TenantId {
         TenantId::parse_with(t, true).unwrap()
@@ -420,12 +506,39 @@ mod tests {
     }
 
     #[test]
+    fn an_address_with_too_many_failed_logins_waits_out_the_window() {
+        let f = FailedLogins::default();
+        let (a, b) = (IpAddr::from([10, 0, 0, 1]), IpAddr::from([10, 0, 0, 2]));
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(f.throttled(a, 10, t0), None);
+            f.record(a, t0);
+        }
+        let wait = f.throttled(a, 10, t0 + Duration::from_secs(20)).unwrap();
+        assert_eq!(wait, Duration::from_secs(40));
+        assert_eq!(f.throttled(a, 0, t0), None, "0 is no limit");
+        assert_eq!(
+            f.throttled(b, 10, t0),
+            None,
+            "another address is not affected"
+        );
+        assert_eq!(
+            f.throttled(a, 10, t0 + FAILURE_WINDOW),
+            None,
+            "the window ends"
+        );
+    }
+
+    #[test]
     fn password_variants_bcrypt_cannot_tell_apart_share_one_cache_entry() {
         let long = "p".repeat(72);
         let a = cache_key("u", &format!("{long}variant-1"), "$2b$04$h");
         let b = cache_key("u", &format!("{long}variant-2"), "$2b$04$h");
         assert_eq!(a, b);
-        assert_ne!(cache_key("u", "short-1", "h"), cache_key("u", "short-2", "h"));
+        assert_ne!(
+            cache_key("u", "short-1", "h"),
+            cache_key("u", "short-2", "h")
+        );
         assert_ne!(cache_key("u", "x", "h1"), cache_key("u", "x", "h2"));
     }
 
@@ -457,26 +570,35 @@ mod tests {
         let ids = identities();
         let h = auth("Basic cHJvbTpzM2NyZXQ="); // prom:s3cret
         assert_eq!(
-            ids.authenticate(&h, None).await.unwrap().tenant.as_str(),
+            ids.authenticate(&h, None, fresh_addr())
+                .await
+                .unwrap()
+                .tenant
+                .as_str(),
             "team-a"
         );
         assert!(verified().lock().unwrap().values().any(|n| &**n == "prom"));
         assert_eq!(
-            ids.authenticate(&h, None).await.unwrap().name.as_ref(),
+            ids.authenticate(&h, None, fresh_addr())
+                .await
+                .unwrap()
+                .name
+                .as_ref(),
             "prom"
         );
         assert_eq!(
-            ids.authenticate(&auth("Basic cHJvbTp3cm9uZw=="), None)
+            ids.authenticate(&auth("Basic cHJvbTp3cm9uZw=="), None, fresh_addr())
                 .await,
             Err(AuthError::Invalid)
         ); // prom:wrong
         assert_eq!(
-            ids.authenticate(&auth("Basic bm9ib2R5OnMzY3JldA=="), None)
+            ids.authenticate(&auth("Basic bm9ib2R5OnMzY3JldA=="), None, fresh_addr())
                 .await,
             Err(AuthError::Invalid)
         ); // nobody:s3cret
         assert_eq!(
-            ids.authenticate(&auth("Basic !!!"), None).await,
+            ids.authenticate(&auth("Basic !!!"), None, fresh_addr())
+                .await,
             Err(AuthError::Invalid)
         );
     }
@@ -499,7 +621,7 @@ mod tests {
             }])
         };
         let h = auth("Basic cmVsb2FkZXI6cmVsb2FkLXBhc3M="); // reloader:reload-pass
-        assert!(make().authenticate(&h, None).await.is_ok());
+        assert!(make().authenticate(&h, None, fresh_addr()).await.is_ok());
         // Every bcrypt slot taken: only a cached login can get through, and at once.
         let held = bcrypt_slots()
             .acquire_many_owned(BCRYPT_PERMITS as u32)
@@ -507,19 +629,24 @@ mod tests {
             .unwrap();
         let rebuilt = make();
         assert_eq!(
-            rebuilt.authenticate(&h, None).await.unwrap().name.as_ref(),
+            rebuilt
+                .authenticate(&h, None, fresh_addr())
+                .await
+                .unwrap()
+                .name
+                .as_ref(),
             "reloader"
         );
         let wrong = auth("Basic cmVsb2FkZXI6bm9wZQ=="); // reloader:nope
         assert_eq!(
-            rebuilt.authenticate(&wrong, None).await,
+            rebuilt.authenticate(&wrong, None, fresh_addr()).await,
             Err(AuthError::Busy)
         );
         // An unknown user is checked against the decoy hash too: it queues like a wrong password
         // instead of failing fast and telling the caller the user does not exist.
         let unknown = auth("Basic bm9ib2R5Om5vcGU="); // nobody:nope
         assert_eq!(
-            rebuilt.authenticate(&unknown, None).await,
+            rebuilt.authenticate(&unknown, None, fresh_addr()).await,
             Err(AuthError::Busy)
         );
         drop(held);
@@ -529,7 +656,7 @@ mod tests {
     async fn bearer_tokens_match_exactly() {
         let ids = identities();
         assert_eq!(
-            ids.authenticate(&auth("Bearer tok-grafana-0123456789"), None)
+            ids.authenticate(&auth("Bearer tok-grafana-0123456789"), None, fresh_addr())
                 .await
                 .unwrap()
                 .tenant
@@ -537,7 +664,7 @@ mod tests {
             "team-b"
         );
         assert_eq!(
-            ids.authenticate(&auth("bearer tok-grafana-0123456789"), None)
+            ids.authenticate(&auth("bearer tok-grafana-0123456789"), None, fresh_addr())
                 .await
                 .unwrap()
                 .name
@@ -545,12 +672,13 @@ mod tests {
             "grafana"
         );
         assert_eq!(
-            ids.authenticate(&auth("Bearer tok-grafana-012345678"), None)
+            ids.authenticate(&auth("Bearer tok-grafana-012345678"), None, fresh_addr())
                 .await,
             Err(AuthError::Invalid)
         );
         assert_eq!(
-            ids.authenticate(&auth("Digest x"), None).await,
+            ids.authenticate(&auth("Digest x"), None, fresh_addr())
+                .await,
             Err(AuthError::Invalid)
         );
     }
@@ -563,7 +691,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ids.authenticate(&HeaderMap::new(), Some(&names))
+            ids.authenticate(&HeaderMap::new(), Some(&names), fresh_addr())
                 .await
                 .unwrap()
                 .tenant
@@ -575,16 +703,19 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            ids.authenticate(&HeaderMap::new(), Some(&stranger)).await,
+            ids.authenticate(&HeaderMap::new(), Some(&stranger), fresh_addr())
+                .await,
             Err(AuthError::Invalid)
         );
         assert_eq!(
-            ids.authenticate(&HeaderMap::new(), None).await,
+            ids.authenticate(&HeaderMap::new(), None, fresh_addr())
+                .await,
             Err(AuthError::Missing)
         );
         // A wrong Authorization header is not rescued by a good certificate.
         assert_eq!(
-            ids.authenticate(&auth("Bearer nope"), Some(&names)).await,
+            ids.authenticate(&auth("Bearer nope"), Some(&names), fresh_addr())
+                .await,
             Err(AuthError::Invalid)
         );
     }
@@ -597,7 +728,10 @@ mod tests {
             header::AUTHORIZATION,
             HeaderValue::from_static("Basic cHJvbTpzM2NyZXQ="),
         );
-        assert_eq!(ids.authenticate(&h, None).await, Err(AuthError::Invalid));
+        assert_eq!(
+            ids.authenticate(&h, None, fresh_addr()).await,
+            Err(AuthError::Invalid)
+        );
     }
 
     #[test]

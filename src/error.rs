@@ -68,6 +68,9 @@ pub enum ProxyError {
     NoOrgId,
     #[error("{0}")]
     BadTenantHeader(String),
+    /// Too many failed logins from the caller's address (429 with `Retry-After`).
+    #[error("too many failed logins from this address; retry in {}s", retry_after.as_secs().max(1))]
+    TooManyFailedLogins { retry_after: std::time::Duration },
     /// Too many requests in flight, or credential checks queued: try again shortly.
     #[error("overloaded: {0}; retry shortly")]
     Overloaded(&'static str),
@@ -103,6 +106,9 @@ impl ProxyError {
             }
             ProxyError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ProxyError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ProxyError::TooManyFailedLogins { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "unavailable")
+            }
             ProxyError::Upstream {
                 kind: UpstreamErrorKind::Timeout,
                 ..
@@ -119,6 +125,12 @@ impl ProxyError {
         if let ProxyError::Overloaded(_) = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let ProxyError::TooManyFailedLogins { retry_after } = self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs().max(1)),
+            );
         }
         if let ProxyError::Unauthenticated { challenges, .. } = self {
             for c in challenges {

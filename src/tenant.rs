@@ -214,6 +214,7 @@ impl TenantSource {
         &self,
         headers: &HeaderMap,
         peer: Option<&PeerNames>,
+        client: std::net::IpAddr,
         identities: &Identities,
     ) -> Result<Resolved, TenantError> {
         match self {
@@ -227,7 +228,7 @@ impl TenantSource {
                 federation,
             } => {
                 let id = identities
-                    .authenticate(headers, peer)
+                    .authenticate(headers, peer, client)
                     .await
                     .map_err(TenantError::Unauthenticated)?;
                 if let Some(allowed) = allowed
@@ -464,9 +465,14 @@ mod tests {
     }
 
     async fn from_header(src: &TenantSource, v: &[&str]) -> Result<String, TenantError> {
-        src.resolve(&header(v), None, &Identities::default())
-            .await
-            .map(|r| r.tenant.to_string())
+        src.resolve(
+            &header(v),
+            None,
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            &Identities::default(),
+        )
+        .await
+        .map(|r| r.tenant.to_string())
     }
 
     #[tokio::test]

@@ -42,6 +42,8 @@ fn gate_yaml(dir: &std::path::Path, tls: Option<&(PathBuf, PathBuf)>) -> String 
         r#"
 server:
   listen: 127.0.0.1:0
+  # Every 401 case sends a wrong password, thousands of times from 127.0.0.1.
+  max_failed_logins: 0
 {tls}upstreams:
   mimir: {{ url: "{{UPSTREAM}}" }}
 identities:

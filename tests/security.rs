@@ -677,3 +677,50 @@ remote_write:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_from_one_address_gets_429_while_known_users_pass() {
+    let Some(s) = Setup::new("flood", "optional").await else {
+        return;
+    };
+    // Addresses of their own (all of 127/8 is local), so the process-wide count of failed
+    // logins cannot touch the other tests, which connect from 127.0.0.1.
+    let right = format!("prom-writer:{WRITER_PASSWORD}");
+    let push = |from: &'static str, user: String| {
+        let s = &s;
+        async move {
+            s.curl(
+                &[
+                    "--interface",
+                    from,
+                    "-u",
+                    &user,
+                    "-X",
+                    "POST",
+                    "--data-binary",
+                    "x",
+                ],
+                "/api/v1/push",
+            )
+            .await
+        }
+    };
+    assert_eq!(push("127.0.0.5", right.clone()).await.status, 200);
+    for i in 0..10 {
+        let r = push("127.0.0.5", format!("prom-writer:wrong-{i}")).await;
+        assert_eq!(r.status, 401, "failure {i}: {}", r.body);
+    }
+    let r = push("127.0.0.5", "prom-writer:wrong-again".into()).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("retry-after: "),
+        "{}",
+        r.headers
+    );
+    // The known user's cached login still passes from the same address; others are untouched.
+    assert_eq!(push("127.0.0.5", right).await.status, 200);
+    assert_eq!(
+        push("127.0.0.6", "prom-writer:wrong".into()).await.status,
+        401
+    );
+}

@@ -51,6 +51,10 @@ pub struct RawServer {
     /// (`1KiB` = 1024 bytes/s); slower gets 408, so a trickling client cannot hold a request
     /// slot. `0B` turns it off. Default 1KiB.
     pub body_min_rate: Option<ByteSize>,
+    /// Failed basic-auth logins per client address per minute; past it, that address gets 429
+    /// with `Retry-After` (without a bcrypt check) until the minute is over. 0 = no limit.
+    /// Default 10.
+    pub max_failed_logins: Option<u32>,
     /// Longest a write to a client may make no progress (a client that stopped reading); the
     /// connection is then closed. Default 60s.
     pub send_timeout: Option<PromDuration>,

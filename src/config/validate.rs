@@ -394,11 +394,12 @@ pub fn validate(
         .tls
         .as_ref()
         .is_some_and(|t| t.value.client_ca_file.is_some());
-    let identities = std::sync::Arc::new(super::security::identities(
-        &mut errs,
-        &raw.identities,
-        has_client_ca,
-    ));
+    let mut identities = super::security::identities(&mut errs, &raw.identities, has_client_ca);
+    identities.max_failed_logins = raw
+        .server
+        .max_failed_logins
+        .unwrap_or(crate::auth::DEFAULT_MAX_FAILED_LOGINS);
+    let identities = std::sync::Arc::new(identities);
     if server.idle_timeout.is_zero() {
         errs.at::<()>("server.idle_timeout", None, "must be > 0, got 0s");
     }
