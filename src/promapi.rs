@@ -28,6 +28,9 @@ pub const DEFAULT_VERSION: &str = "2.53.0";
 
 const JSON: &str = "application/json";
 /// Content type of the Prometheus text exposition format 0.0.4.
+/// The emulated `status/tsdb` answer (see [`EmulatedEndpoint::Tsdb`]).
+const TSDB_STATUS: &[u8] = br#"{"status":"success","data":{"headStats":{"numSeries":0,"numLabelPairs":0,"chunkCount":0,"minTime":0,"maxTime":0},"seriesCountByMetricName":[{"name":"(statistics are not available through tenantgate)","value":0}],"labelValueCountByLabelName":[],"memoryInBytesByLabelName":[],"seriesCountByLabelValuePair":[]}}"#;
+
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// An endpoint answered by tenantgate instead of the upstream.
@@ -294,17 +297,21 @@ impl Emulation {
             EmulatedEndpoint::Config => (self.config_body.clone(), JSON),
             EmulatedEndpoint::BuildInfo => (self.buildinfo_body.clone(), JSON),
             EmulatedEndpoint::RuntimeInfo => (self.runtimeinfo_body.clone(), JSON),
-            EmulatedEndpoint::Flags => (Bytes::from_static(br#"{"status":"success","data":{}}"#), JSON),
-            EmulatedEndpoint::Targets => (
-                Bytes::from_static(br#"{"status":"success","data":{"activeTargets":[],"droppedTargets":[]}}"#),
+            EmulatedEndpoint::Flags => (
+                Bytes::from_static(br#"{"status":"success","data":{}}"#),
                 JSON,
             ),
-            EmulatedEndpoint::Tsdb => (
+            EmulatedEndpoint::Targets => (
                 Bytes::from_static(
-                    br#"{"status":"success","data":{"headStats":{"numSeries":0,"numLabelPairs":0,"chunkCount":0,"minTime":0,"maxTime":0},"seriesCountByMetricName":[],"labelValueCountByLabelName":[],"memoryInBytesByLabelName":[],"seriesCountByLabelValuePair":[]}}"#,
+                    br#"{"status":"success","data":{"activeTargets":[],"droppedTargets":[]}}"#,
                 ),
                 JSON,
             ),
+            // tenantgate cannot know Mimir's TSDB statistics, so it reports none, with one entry
+            // saying so: Thanos sidecars v0.40+ turn an answer whose lists are all empty into a
+            // nil pointer and panic in their status handler (Thanos Query then shows an
+            // Internal error for this store). Found by the real-peers suite with v0.42.4.
+            EmulatedEndpoint::Tsdb => (Bytes::from_static(TSDB_STATUS), JSON),
             EmulatedEndpoint::Metrics => (Bytes::from(self.metrics_text()), TEXT_FORMAT),
         };
         let mut resp = Response::new(ProxyBody::full(body));

@@ -1322,8 +1322,10 @@ pub async fn count_between(
     end: f64,
     headers: &[(&str, &str)],
 ) -> i64 {
-    // Evaluated a millisecond before `end`; the range reaches back to `start`.
-    let range_ms = ((end - start) * 1000.0).round() as i64 - 1;
+    // Evaluated a millisecond before `end`, reaching back to a millisecond before `start`: the
+    // same samples, [start, end), whether ranges are left-closed (Prometheus 2) or left-open
+    // (Prometheus 3 and Cortex).
+    let range_ms = ((end - start) * 1000.0).round() as i64;
     scalar(
         http,
         prom_url,

@@ -197,36 +197,39 @@ async fn topology(peers: &Peers) -> Result<(), String> {
     // Cortex agrees: each tenant holds its own job and nothing of the other.
     for (tenant, job, other) in [("team-a", "a", "b"), ("team-b", "b", "a")] {
         let base = format!("{}/prometheus", cortex.url());
-        let own = instant(
-            &http,
-            &base,
-            &format!("up{{job=\"{job}\"}}"),
-            &[("X-Scope-OrgID", tenant)],
+        until(
+            &format!("Cortex tenant {tenant} holding job {job} only"),
+            60,
+            || async {
+                let as_tenant = [("X-Scope-OrgID", tenant)];
+                let own =
+                    instant(&http, &base, &format!("up{{job=\"{job}\"}}"), &as_tenant).await?;
+                let foreign =
+                    instant(&http, &base, &format!("up{{job=\"{other}\"}}"), &as_tenant).await?;
+                if own.is_empty() || !foreign.is_empty() {
+                    return Err(format!("own {own:?}, foreign {foreign:?}"));
+                }
+                Ok(())
+            },
         )
         .await?;
-        let foreign = instant(
-            &http,
-            &base,
-            &format!("up{{job=\"{other}\"}}"),
-            &[("X-Scope-OrgID", tenant)],
-        )
-        .await?;
-        if own.is_empty() || !foreign.is_empty() {
-            return Err(format!(
-                "Cortex tenant {tenant}: own {own:?}, foreign {foreign:?}"
-            ));
-        }
     }
 
     // Thanos Query's TSDB status page has no error from either store (the v0.42 sidecar
     // forwards it to tenantgate's emulated status/tsdb).
     let tsdb = http.get(&format!("{q}/api/v1/status/tsdb")).await?;
-    if tsdb.status != http::StatusCode::OK || tsdb.text().contains("\"warnings\"") {
+    let body = tsdb.json()?;
+    if tsdb.status != http::StatusCode::OK || body.get("warnings").is_some() {
         return Err(format!(
-            "Thanos Query status/tsdb: HTTP {}: {}",
-            tsdb.status,
-            tsdb.text()
+            "Thanos Query status/tsdb: HTTP {}: {body}",
+            tsdb.status
         ));
+    }
+    if !body
+        .to_string()
+        .contains("not available through tenantgate")
+    {
+        return Err(format!("status/tsdb lacks tenantgate's entry: {body}"));
     }
     Ok(())
 }
@@ -413,9 +416,23 @@ async fn migration_story(peers: &Peers) -> Result<(), String> {
         .filter_map(|v| v[0].as_f64())
         .collect();
     let (first, last) = (times[0] * 1000.0, times[times.len() - 1] * 1000.0);
-    if first > (started + 5_000) as f64 || last < (stopped_old + 3_000) as f64 {
+    // The history begins where the old Prometheus' own first sample is.
+    let old_raw = instant(
+        &http,
+        &old.url(),
+        &format!("up{{job=\"app\"}}[{span_s}s]"),
+        &[],
+    )
+    .await?;
+    let old_first = old_raw
+        .first()
+        .and_then(|s| s["values"][0][0].as_f64())
+        .ok_or_else(|| format!("the old Prometheus holds no history: {old_raw:?}"))?
+        * 1000.0;
+    if first > old_first + 1.0 || last < (stopped_old + 3_000) as f64 {
         return Err(format!(
-            "the series covers {first}..{last} ms, not from the old history ({started}) to after the switch ({stopped_old})"
+            "the series covers {first}..{last} ms, not from the old history ({old_first}, \
+             Prometheus started at {started}) to after the switch ({stopped_old})"
         ));
     }
     let widest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
