@@ -435,10 +435,28 @@ async fn migration_story(peers: &Peers) -> Result<(), String> {
              Prometheus started at {started}) to after the switch ({stopped_old})"
         ));
     }
+    // Thanos' penalty deduplication seeks the other replica at the last sample + 2 scrape
+    // intervals after a switch, so raw samples may skip up to 3 intervals there (by design in
+    // pkg/dedup); anything wider means data is missing.
     let widest = times.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
-    if widest > 2.5 {
+    if widest > 3.5 {
         return Err(format!(
             "a gap of {widest:.1}s in the deduplicated series (switch-over at {switched}, old stopped at {stopped_old}): {times:?}"
+        ));
+    }
+    // What a user sees: a range query at the scrape interval has a value at every step.
+    let url = format!(
+        "{q}/api/v1/query_range?query={}&start={:.3}&end={:.3}&step=1",
+        crate::harness::enc("up{job=\"app\"}"),
+        first / 1000.0,
+        last / 1000.0
+    );
+    let data = http.get(&url).await?.prom_data()?;
+    let steps = data["result"][0]["values"].as_array().map_or(0, Vec::len);
+    let want = ((last - first) / 1000.0).floor() as usize + 1;
+    if data["result"].as_array().map_or(0, Vec::len) != 1 || steps != want {
+        return Err(format!(
+            "query_range over the switch-over: {steps} of {want} steps: {data}"
         ));
     }
     // Deduplication keeps one sample per scrape, not two where both replicas overlap.
