@@ -132,3 +132,29 @@ where
     }
     out
 }
+
+/// A request body fed from a channel, for tests of the body wrappers: the sender sees when
+/// nothing reads it any more.
+#[cfg(test)]
+pub(crate) struct ChannelBody(pub tokio::sync::mpsc::Receiver<Bytes>);
+
+#[cfg(test)]
+impl ChannelBody {
+    /// A body and the sender that feeds it (one piece buffered).
+    pub(crate) fn pair() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (tx, ChannelBody(rx))
+    }
+}
+
+#[cfg(test)]
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+    }
+}

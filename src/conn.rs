@@ -419,18 +419,7 @@ mod tests {
         grace: Duration::from_secs(10),
     };
 
-    struct Chan(tokio::sync::mpsc::Receiver<Bytes>);
-
-    impl Body for Chan {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-        }
-    }
+    use crate::body::ChannelBody as Chan;
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_body_fails_at_the_idle_timeout() {

@@ -327,23 +327,8 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
     use tokio::sync::mpsc;
 
-    /// A body fed from a channel: the sender sees when nothing reads it any more.
-    struct Chan(mpsc::Receiver<Bytes>);
-
-    impl Body for Chan {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-        }
-    }
-
-    fn channel_body() -> (mpsc::Sender<Bytes>, Chan) {
-        let (tx, rx) = mpsc::channel(1);
-        (tx, Chan(rx))
+    fn channel_body() -> (mpsc::Sender<Bytes>, crate::body::ChannelBody) {
+        crate::body::ChannelBody::pair()
     }
 
     #[tokio::test]

@@ -24,7 +24,7 @@ use http::StatusCode;
 
 use harness::{
     Binaries, Deadline, Http, Prometheus, SpoofingRelay, StandIn, TempDir, TenantGate, enc, now_ms,
-    raw_get, run_tool, sidecar_config,
+    probe, raw_get, run_tool, sidecar_config,
 };
 use prompb::{ResponseType, Series};
 
@@ -846,19 +846,6 @@ async fn tenantgate_answers_502_while_mimir_is_down_and_recovers_when_it_is_back
         .await
         .expect("labels before and after the restart, and the push, in the access log");
     assert!(after.iter().all(|l| l.tenant == "team-a"), "{after:#?}");
-}
-
-/// Runs `tenantgate check --probe` on a config file, returning (exit code, stdout).
-fn probe(config: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
-        .args(["check", "--probe", "--config"])
-        .arg(config)
-        .output()
-        .expect("run tenantgate check --probe");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -584,19 +584,7 @@ impl Prometheus {
 
     async fn wait_ready(&mut self, http: &Http) -> Result<(), String> {
         let url = format!("{}/-/ready", self.url());
-        let deadline = Deadline::new(format!("{url} answering 200"), START_TIMEOUT);
-        loop {
-            self.process.check_running()?;
-            let last = match http.get(&url).await {
-                Ok(r) if r.status == StatusCode::OK => return Ok(()),
-                Ok(r) => format!("HTTP {}: {}", r.status, r.text()),
-                Err(e) => e,
-            };
-            deadline
-                .retry(&last)
-                .await
-                .map_err(|e| format!("{e}\n{}", self.process.logs()))?;
-        }
+        wait_until_ok(&mut self.process, http, &url, START_TIMEOUT).await
     }
 
     /// `http://127.0.0.1:PORT<route prefix>`.
@@ -1334,4 +1322,40 @@ pub async fn count_between(
         headers,
     )
     .await as i64
+}
+
+/// Runs `tenantgate check --probe` on a config file: (exit code, stdout).
+pub fn probe(config: &Path) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenantgate"))
+        .args(["check", "--probe", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tenantgate check --probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Polls `url` until it answers 200, failing with the process' logs if it exits or `timeout`
+/// passes first.
+pub async fn wait_until_ok(
+    process: &mut Process,
+    http: &Http,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), String> {
+    let deadline = Deadline::new(format!("{url} answering 200"), timeout);
+    loop {
+        process.check_running()?;
+        let last = match http.get(url).await {
+            Ok(r) if r.status == StatusCode::OK => return Ok(()),
+            Ok(r) => format!("HTTP {}: {}", r.status, r.text()),
+            Err(e) => e,
+        };
+        deadline
+            .retry(&last)
+            .await
+            .map_err(|e| format!("{e}\n{}", process.logs()))?;
+    }
 }

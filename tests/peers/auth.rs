@@ -3,9 +3,9 @@
 //! tenantgate gives it the tenant of that identity.
 
 use crate::common::pki::Pki;
-use crate::harness::{Http, Prometheus, TempDir, TenantGate};
+use crate::harness::{Http, TempDir, TenantGate};
 use crate::rig::{self, Peers};
-use crate::topology::{scraper_config, two_tenants};
+use crate::topology::{two_tenants, writer};
 use crate::{instant, until};
 
 const PASSWORD: &str = "sidecar-password";
@@ -62,18 +62,12 @@ async fn identities(peers: &Peers) -> Result<(), String> {
     // Writes with fixed tenants (job a -> team-a, job b -> team-b), reads by identity over TLS.
     let writes = TenantGate::start(&two_tenants(&cortex.url(), "cortex")).await?;
     let reads = TenantGate::start(&identity_gate(&pki, &cortex.url())).await?;
-    let (push_a, push_b) = (
-        writes.url("/team-a/api/v1/push"),
-        writes.url("/team-b/api/v1/push"),
-    );
-    let _prometheus = Prometheus::start(
-        &peers.prometheus3(),
+    let _prometheus = writer(
+        peers,
         &http,
         dir.path(),
-        "prometheus3",
-        "",
-        &[],
-        |port| scraper_config(port, &push_a, &push_b, "prometheus.WriteRequest"),
+        &writes.url(""),
+        "prometheus.WriteRequest",
     )
     .await?;
 

@@ -9,9 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use http::StatusCode;
-
-use crate::harness::{Binaries, Deadline, Http, Process, free_port};
+use crate::harness::{Binaries, Http, Process, free_port, wait_until_ok};
 
 /// How long a peer gets to become ready (Cortex joins its rings first; 2 busy cores).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
@@ -138,28 +136,12 @@ impl Peer {
                 ports: ports.clone(),
             };
             let url = ready(&ports);
-            match peer.wait_ready(http, &url).await {
+            match wait_until_ok(&mut peer.process, http, &url, START_TIMEOUT).await {
                 Ok(()) => return Ok(peer),
                 Err(e) => failures.push(format!("attempt {attempt} (ports {ports:?}): {e}")),
             }
         }
         Err(format!("{name} did not start:\n{}", failures.join("\n\n")))
-    }
-
-    async fn wait_ready(&mut self, http: &Http, url: &str) -> Result<(), String> {
-        let deadline = Deadline::new(format!("{url} answering 200"), START_TIMEOUT);
-        loop {
-            self.process.check_running()?;
-            let last = match http.get(url).await {
-                Ok(r) if r.status == StatusCode::OK => return Ok(()),
-                Ok(r) => format!("HTTP {}: {}", r.status, r.text()),
-                Err(e) => e,
-            };
-            deadline
-                .retry(&last)
-                .await
-                .map_err(|e| format!("{e}\n{}", self.process.logs()))?;
-        }
     }
 
     /// `http://127.0.0.1:<first port>`.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use http::StatusCode;
 
-use crate::harness::{Http, TempDir, TenantGate, run_tool};
+use crate::harness::{Http, TempDir, TenantGate, probe, run_tool};
 use crate::rig::{self, Peers};
 use crate::topology::two_tenants;
 
@@ -79,19 +79,6 @@ routes:
         "promtool 3 rejects /metrics:\n{}\n{check}",
         metrics.text()
     );
-}
-
-/// Runs `tenantgate check --probe` on a config file: (exit code, stdout).
-fn probe(config: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantgate"))
-        .args(["check", "--probe", "--config"])
-        .arg(config)
-        .output()
-        .expect("run tenantgate check --probe");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -53,6 +53,31 @@ pub fn scraper_config(port: u16, push_a: &str, push_b: &str, protobuf_message: &
     )
 }
 
+/// A Prometheus 3 scraping itself as jobs `a` and `b`, remote-writing them to
+/// `<base>/team-a/api/v1/push` and `<base>/team-b/api/v1/push` in the `message` format.
+pub async fn writer(
+    peers: &Peers,
+    http: &Http,
+    dir: &std::path::Path,
+    base: &str,
+    message: &str,
+) -> Result<Prometheus, String> {
+    let (push_a, push_b) = (
+        format!("{base}/team-a/api/v1/push"),
+        format!("{base}/team-b/api/v1/push"),
+    );
+    Prometheus::start(
+        &peers.prometheus3(),
+        http,
+        dir,
+        "prometheus3",
+        "",
+        &[],
+        |port| scraper_config(port, &push_a, &push_b, message),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thanos_query_reads_each_tenant_from_cortex_through_its_own_sidecar() {
     let Some(peers) = Peers::require("thanos_query_reads_each_tenant_from_cortex") else {
@@ -68,18 +93,12 @@ async fn topology(peers: &Peers) -> Result<(), String> {
     let http = Http::new();
     let cortex = rig::cortex(peers, &http, dir.path(), "").await?;
     let gate = TenantGate::start(&two_tenants(&cortex.url(), "cortex")).await?;
-    let (push_a, push_b) = (
-        gate.url("/team-a/api/v1/push"),
-        gate.url("/team-b/api/v1/push"),
-    );
-    let _prometheus = Prometheus::start(
-        &peers.prometheus3(),
+    let _prometheus = writer(
+        peers,
         &http,
         dir.path(),
-        "prometheus3",
-        "",
-        &[],
-        |port| scraper_config(port, &push_a, &push_b, "prometheus.WriteRequest"),
+        &gate.url(""),
+        "prometheus.WriteRequest",
     )
     .await?;
 

@@ -3,10 +3,10 @@
 //! and the receiver's whole answer (status, body, `Retry-After`, the `*-Written` counts) pass
 //! unchanged, and that nothing is invented.
 
-use crate::harness::{Http, Prometheus, TempDir, TenantGate};
+use crate::harness::{Http, TempDir, TenantGate};
 use crate::relay::{Exchange, Relay};
 use crate::rig::{self, Peers};
-use crate::topology::{scraper_config, two_tenants};
+use crate::topology::{two_tenants, writer};
 use crate::{instant, until};
 
 /// Request headers a remote-write receiver acts on: they must reach it as the sender wrote them.
@@ -57,20 +57,7 @@ async fn writes(peers: &Peers, message: &str) -> Result<(), String> {
     let inner = Relay::start(&cortex.url()).await?;
     let gate = TenantGate::start(&two_tenants(&inner.url(""), "cortex")).await?;
     let outer = Relay::start(&gate.url("")).await?;
-    let (push_a, push_b) = (
-        outer.url("/team-a/api/v1/push"),
-        outer.url("/team-b/api/v1/push"),
-    );
-    let _prometheus = Prometheus::start(
-        &peers.prometheus3(),
-        &http,
-        dir.path(),
-        "prometheus3",
-        "",
-        &[],
-        |port| scraper_config(port, &push_a, &push_b, message),
-    )
-    .await?;
+    let _prometheus = writer(peers, &http, dir.path(), &outer.url(""), message).await?;
 
     // Enough pushes of both tenants, each seen on both sides of tenantgate.
     let pairs: Vec<(Exchange, Exchange)> = until("pushes through both relays", 90, || async {
