@@ -961,3 +961,70 @@ async fn history_is_copied_whole_into_a_destination_that_already_has_live_data_o
         in_source - in_destination
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_samples_leave_the_run_incomplete_and_the_next_run_sends_them_again() {
+    // The destination's TSDB (no out-of-order window, like a default Mimir) already holds the
+    // newer half of the history, so it refuses the older half. The run must not say complete,
+    // must not move progress past the refused slab, and a rerun must try those samples again
+    // instead of reporting nothing to copy.
+    let Some((http, src, dst)) =
+        source_and_stand_in("migrate_rejected", "migrate-rejected", 5, 12).await
+    else {
+        return;
+    };
+    let to = format!("{}/api/v1/push", dst.url());
+    let dir = dst.dir.path().to_owned();
+    let middle = src.start + 6 * 3600;
+    let newer = migrate(
+        &dir,
+        "newer-half",
+        &args(&[
+            "--from",
+            &src.read_url(),
+            "--to",
+            &to,
+            "--tenant",
+            TENANT,
+            "--start",
+            &middle.to_string(),
+            "--end",
+            &src.end.to_string(),
+            "--migration-id",
+            "newer-half",
+        ]),
+    )
+    .finish(Duration::from_secs(120))
+    .await;
+    assert_eq!(newer.code, Some(0), "{}", newer.stderr);
+
+    let older_args = args(&[
+        "--from",
+        &src.read_url(),
+        "--to",
+        &to,
+        "--tenant",
+        TENANT,
+        "--start",
+        &src.start.to_string(),
+        "--end",
+        &middle.to_string(),
+    ]);
+    for attempt in ["first", "second"] {
+        let done = migrate(&dir, &format!("older-{attempt}"), &older_args)
+            .finish(Duration::from_secs(120))
+            .await;
+        let r = &done.report;
+        assert_eq!(done.code, Some(3), "{attempt} run:\n{}\n{r:#}", done.stderr);
+        assert_eq!(r["outcome"], "incomplete", "{attempt} run: {r:#}");
+        assert!(total(r, "samples_rejected") > 0, "{attempt} run: {r:#}");
+        // Progress stays before the refused slab: the run starts there again each time.
+        assert_eq!(
+            r["completed_through"].as_str(),
+            Some(tenantgate::time::format_rfc3339(src.start * 1000).as_str()),
+            "{attempt} run: {r:#}"
+        );
+        assert!(r["resume_command"].is_string(), "{attempt} run: {r:#}");
+    }
+    let _ = &http;
+}

@@ -467,6 +467,48 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_headline_never_says_complete_while_samples_are_missing() {
+        let mut r = Report {
+            outcome: Outcome::Incomplete,
+            ..Report::default()
+        };
+        r.total.samples_rejected = 1200;
+        let first = r.to_text(10);
+        let first = first.lines().next().unwrap();
+        assert!(
+            first.contains("INCOMPLETE: 1200 samples rejected"),
+            "{first}"
+        );
+        r.total.samples_rejected = 0;
+        r.verification = Some(Verification {
+            windows: 2,
+            source_series: 1,
+            source_samples: 10,
+            destination_samples: 9,
+            mismatches: vec![Mismatch {
+                start: String::new(),
+                end: String::new(),
+                source_series: 1,
+                source_samples: 10,
+                destination_series: 1,
+                destination_samples: 9,
+                examples: vec![],
+            }],
+        });
+        let text = r.to_text(10);
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .contains("--verify found 1 windows that differ")
+        );
+        assert!(
+            text.contains("verify: 2 windows"),
+            "verify shown with no slabs: {text}"
+        );
+    }
+
+    #[test]
     fn mimir_and_prometheus_refusals_are_told_apart() {
         for (body, want) in [
             (
