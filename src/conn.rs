@@ -164,7 +164,11 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         pace: BodyPace,
-        started: tokio::time::Instant,
+        // Time spent waiting for the client (from a `Pending` to the next piece): the rate is
+        // judged on that alone, so a body read late (a slow upstream connect, a queue) is not
+        // blamed on the client.
+        waited: Duration,
+        waiting_since: Option<tokio::time::Instant>,
         bytes: u64,
         timer: Option<Pin<Box<tokio::time::Sleep>>>,
     }
@@ -175,7 +179,8 @@ impl<B> TimedBody<B> {
         TimedBody {
             inner,
             pace,
-            started: tokio::time::Instant::now(),
+            waited: Duration::ZERO,
+            waiting_since: None,
             bytes: 0,
             timer: None,
         }
@@ -198,12 +203,15 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 *this.timer = None;
+                if let Some(since) = this.waiting_since.take() {
+                    *this.waited += since.elapsed();
+                }
                 if let Some(d) = frame.data_ref() {
                     *this.bytes += d.len() as u64;
                 }
-                let elapsed = this.started.elapsed();
-                if elapsed > this.pace.grace && this.pace.min_rate > 0 {
-                    let rate = (*this.bytes as f64 / elapsed.as_secs_f64()) as u64;
+                let waited = *this.waited;
+                if waited > this.pace.grace && this.pace.min_rate > 0 {
+                    let rate = (*this.bytes as f64 / waited.as_secs_f64()) as u64;
                     if rate < this.pace.min_rate {
                         return Poll::Ready(Some(Err(Box::new(BodyTooSlow::Rate {
                             rate,
@@ -216,6 +224,9 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    *this.waiting_since = Some(tokio::time::Instant::now());
+                }
                 let idle = this.pace.idle;
                 let timer = this
                     .timer
@@ -466,6 +477,20 @@ mod tests {
             n += f.unwrap().into_data().unwrap().len();
         }
         assert_eq!(n, 30 * 2048);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_read_late_is_not_blamed_on_the_client() {
+        use http_body_util::BodyExt as _;
+        // Everything arrived at once, but the body is read 20 s later (a slow upstream connect):
+        // the client waited for nothing, so no rate applies.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = TimedBody::new(Chan(rx), PACE);
+        tx.send(Bytes::from_static(b"all of it")).await.unwrap();
+        drop(tx);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(body.frame().await.unwrap().is_ok());
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

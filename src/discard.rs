@@ -76,6 +76,18 @@ struct Discarding {
     done: Notify,
 }
 
+/// Ends an [`AnswerHold`]'s wait when the discarding task ends. A stored permit: the answer
+/// may start waiting after this.
+struct NotifyOnDrop(Option<Arc<Discarding>>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.done.notify_one();
+        }
+    }
+}
+
 /// Lets an HTTP/2 answer wait until its request body, dropped unread, has been discarded.
 pub struct AnswerHold(Arc<Discarding>);
 
@@ -106,11 +118,10 @@ impl<B: Body + Send + Unpin + 'static> Drop for RequestBody<B> {
             h.started.store(true, std::sync::atomic::Ordering::Release);
         }
         rt.spawn(async move {
+            // Notifies however the task ends (even cancelled at shutdown), so a held answer
+            // never waits forever.
+            let _notify = NotifyOnDrop(hold);
             discard_body(body).await;
-            if let Some(h) = hold {
-                // A stored permit: the answer may start waiting after this.
-                h.done.notify_one();
-            }
         });
     }
 }
@@ -153,13 +164,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.get_mut();
-        this.polled = true;
         match this.inner.as_mut() {
             Some(b) => {
                 let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
+                match &polled {
+                    // Data came, so the client is sending: worth discarding if dropped. A poll
+                    // that found nothing does not prove `100 Continue` went out (hyper sends it
+                    // only before an answer starts).
+                    Poll::Ready(Some(Ok(_))) => this.polled = true,
                     // Ended: nothing is left to discard.
-                    this.inner = None;
+                    Poll::Ready(None) => this.inner = None,
+                    _ => {}
                 }
                 polled
             }

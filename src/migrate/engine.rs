@@ -277,6 +277,9 @@ impl Migration {
                 () = abandon.wait() => Err(Halt::Stopped),
             };
             if let Err(h) = written {
+                // What this slab wrote before it failed still counts in the report.
+                slab.duration_ms = began.elapsed().as_millis() as u64;
+                self.report.add(slab);
                 // Abandon the read-ahead; progress stays at the last completed slab.
                 for slot in queue {
                     if let Slot::Running(_, h) = slot {

@@ -227,6 +227,7 @@ impl Report {
     /// Whether anything was refused or differs.
     pub fn has_losses(&self) -> bool {
         self.total.samples_rejected > 0
+            || self.skipped_histogram_chunks > 0
             || self
                 .verification
                 .as_ref()
@@ -245,9 +246,13 @@ impl Report {
             Outcome::Incomplete if missing > 0 => {
                 format!("INCOMPLETE: {missing} samples rejected by the destination are not in it")
             }
-            Outcome::Incomplete => {
+            Outcome::Incomplete if differ > 0 => {
                 format!("INCOMPLETE: --verify found {differ} windows that differ")
             }
+            Outcome::Incomplete => format!(
+                "INCOMPLETE: {} native histogram chunks were not copied (not supported)",
+                self.skipped_histogram_chunks
+            ),
         };
         let _ = writeln!(
             o,

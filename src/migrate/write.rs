@@ -226,6 +226,15 @@ impl Migration {
         let mut queue = vec![std::mem::take(pieces)];
         while let Some(request) = queue.pop() {
             let samples = sample_count(&request);
+            // Over a limit the destination already stated: split before sending, not after a
+            // refusal.
+            if samples > self.max_request_samples
+                && let Some((a, b)) = halve(request.clone())
+            {
+                queue.push(b);
+                queue.push(a);
+                continue;
+            }
             let mut enc = WriteEncoder::default();
             for p in &request {
                 let s = &series[p.series];
