@@ -9,7 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use tenantgate::app::AppOptions;
 use tenantgate::config::{self, Config, Overrides};
 use tenantgate::migrate::MigrateArgs;
-use tenantgate::server::{self, ConfigSource, Server};
+use tenantgate::server::{ConfigSource, Server};
+use tenantgate::signals::Signals;
 use tenantgate::telemetry::{self, LogFormat, LogLevel};
 
 /// A reverse proxy that makes Grafana Mimir look like Prometheus: it sets X-Scope-OrgID per route
@@ -241,7 +242,7 @@ fn serve(
     };
     runtime.block_on(async move {
         let config_name = config.source.clone();
-        let signals = match server::Signals::install() {
+        let signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "cannot install signal handlers");

@@ -289,3 +289,56 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 
 #[cfg(test)]
 mod tests;
+
+impl Config {
+    /// Keys of `new` that differ from this config but are read only when the server starts, so
+    /// a reload keeps their running values.
+    pub fn start_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let old = self;
+        let (o, n) = (&old.server, &new.server);
+        let mut changed = Vec::new();
+        let mut check = |key, differs: bool| {
+            if differs {
+                changed.push(key);
+            }
+        };
+        check("server.listen", o.listen != n.listen);
+        check(
+            "admin.listen",
+            old.admin.as_ref().map(|a| &a.listen) != new.admin.as_ref().map(|a| &a.listen),
+        );
+        check(
+            "server.header_read_timeout",
+            o.header_read_timeout != n.header_read_timeout,
+        );
+        check("server.idle_timeout", o.idle_timeout != n.idle_timeout);
+        check(
+            "server.body_read_timeout",
+            o.body_read_timeout != n.body_read_timeout,
+        );
+        check("server.body_min_rate", o.body_min_rate != n.body_min_rate);
+        check("server.send_timeout", o.send_timeout != n.send_timeout);
+        check(
+            "server.max_connections",
+            o.max_connections != n.max_connections,
+        );
+        check(
+            "server.max_requests_in_flight",
+            o.max_requests_in_flight != n.max_requests_in_flight,
+        );
+        check(
+            "server.max_header_bytes",
+            o.max_header_bytes != n.max_header_bytes,
+        );
+        check("server.max_headers", o.max_headers != n.max_headers);
+        check(
+            "server.shutdown_grace",
+            o.shutdown_grace != n.shutdown_grace,
+        );
+        check(
+            "server.shutdown_delay",
+            o.shutdown_delay != n.shutdown_delay,
+        );
+        changed
+    }
+}

@@ -314,3 +314,21 @@ fn a_broken_identity_is_reported_once_not_again_on_every_route() {
             .contains("unknown identity \"bto\" (known: bot)")
     );
 }
+
+fn with_server(extra: &str) -> Config {
+    let yaml = format!(
+        "server:\n  listen: 127.0.0.1:0\n{extra}upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: a, tenant: t }}\n"
+    );
+    from_yaml(&yaml, "test.yaml", &Overrides::default()).unwrap()
+}
+
+#[test]
+fn a_reload_names_the_settings_that_wait_for_a_restart() {
+    let old = with_server("");
+    assert!(old.start_only_changes(&with_server("")).is_empty());
+    let new = with_server("  send_timeout: 5s\n  max_requests_in_flight: 7\n");
+    assert_eq!(
+        old.start_only_changes(&new),
+        ["server.send_timeout", "server.max_requests_in_flight"]
+    );
+}

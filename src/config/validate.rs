@@ -398,7 +398,7 @@ pub fn validate(
     identities.max_failed_logins = raw
         .server
         .max_failed_logins
-        .unwrap_or(crate::auth::DEFAULT_MAX_FAILED_LOGINS);
+        .unwrap_or(crate::login_state::DEFAULT_MAX_FAILED_LOGINS);
     let identities = std::sync::Arc::new(identities);
     if server.idle_timeout.is_zero() {
         errs.at::<()>("server.idle_timeout", None, "must be > 0, got 0s");
