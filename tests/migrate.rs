@@ -968,7 +968,7 @@ async fn rejected_samples_leave_the_run_incomplete_and_the_next_run_sends_them_a
     // newer half of the history, so it refuses the older half. The run must not say complete,
     // must not move progress past the refused slab, and a rerun must try those samples again
     // instead of reporting nothing to copy.
-    let Some((http, src, dst)) =
+    let Some((_http, src, dst)) =
         source_and_stand_in("migrate_rejected", "migrate-rejected", 5, 12).await
     else {
         return;
@@ -1026,5 +1026,4 @@ async fn rejected_samples_leave_the_run_incomplete_and_the_next_run_sends_them_a
         );
         assert!(r["resume_command"].is_string(), "{attempt} run: {r:#}");
     }
-    let _ = &http;
 }
