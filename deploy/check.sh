@@ -2,16 +2,20 @@
 # shellcheck disable=SC2015  # "A && B || die" is meant: die when either A or B fails.
 # Offline validation of deploy/ and the Dockerfile, for CI: bash deploy/check.sh (from anywhere).
 #
-#   1. renders both kustomizations (deploy/kubernetes/{sidecar,gateway})
+#   1. renders the three kustomizations (deploy/kubernetes/{sidecar,gateway,migrate})
 #   2. validates the rendered objects against Kubernetes 1.29 schemas, strictly (kubernetes-validate)
-#   3. runs `tenantgate check --syntax-only` on the tenantgate config each kustomization embeds
-#      (its TLS keys, htpasswd and token files come from Secrets that are never in the repo), and
-#      `tenantgate check` on compose's
+#   3. runs `tenantgate check --syntax-only` on the tenantgate config the sidecar and gateway
+#      kustomizations embed (their TLS keys, htpasswd and token files come from Secrets that are
+#      never in the repo), and `tenantgate check` on compose's
 #   4. checks the wiring: --config is the ConfigMap's file where it is mounted, every secret file
 #      the config names is a Secret key mounted at that path, Service ports, probes on the admin
 #      port, grace periods, Thanos sidecar --prometheus.url = tenantgate's emulated route prefix,
 #      no --objstore.config, remote_write through tenantgate, the Dockerfile's build, COPY sources,
-#      binary path and user, the systemd unit
+#      binary path and user, the systemd unit; and the migrate Indexed Job against
+#      `tenantgate migrate --help`: args start with migrate, flags the binary knows,
+#      completions = parallelism = the N of --shard=$(JOB_COMPLETION_INDEX)/N, absolute
+#      --start/--end, memory limit above --max-memory, every --*-file flag a mounted Secret key,
+#      the Job rules the API server enforces but the schemas do not (restartPolicy Never, ...)
 #
 # Tools, installed when missing:
 #   - kustomize: `kustomize build` or `kubectl kustomize` if on PATH (the project's machine image
@@ -35,7 +39,7 @@ K8S_VERSION=1.29.0         # the Kubernetes API version the manifests must be va
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate-ci"
 VENV="$CACHE/venv-kv$KV_VERSION-pyyaml$PYYAML_VERSION"
 TENANTGATE_BIN="${TENANTGATE_BIN:-target/debug/tenantgate}"
-KUSTOMIZATIONS=(deploy/kubernetes/sidecar deploy/kubernetes/gateway)
+KUSTOMIZATIONS=(deploy/kubernetes/sidecar deploy/kubernetes/gateway deploy/kubernetes/migrate)
 COMPOSE=deploy/compose/compose.yaml
 UNIT=deploy/systemd/tenantgate.service
 
@@ -108,6 +112,9 @@ if [ ! -x "$TENANTGATE_BIN" ]; then
     [ -x "$TENANTGATE_BIN" ] || die "$TENANTGATE_BIN: still missing after cargo build (set TENANTGATE_BIN)"
 fi
 ok "tools: $("$TENANTGATE_BIN" --version) ($TENANTGATE_BIN)"
+# The migrate Job is checked against the flags and defaults of this binary.
+"$TENANTGATE_BIN" migrate --help >"$work/migrate-help.txt" 2>&1 \
+    || { cat "$work/migrate-help.txt" >&2; die "$TENANTGATE_BIN migrate --help failed"; }
 
 tenantgate_check() { # what, config file
     run "$1: tenantgate check" "$TENANTGATE_BIN" check --config "$2"
@@ -127,6 +134,11 @@ for dir in "${KUSTOMIZATIONS[@]}"; do
     ok "$dir: rendered $(grep -c '^kind:' "$out") objects ($(grep '^kind:' "$out" | awk '{print $2}' | sort | paste -sd, -))"
     run "$dir: valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" \
         "$KV" --kubernetes-version "$K8S_VERSION" --strict --quiet "$out"
+    if [ "$name" = migrate ]; then
+        # A Job running `tenantgate migrate`, no config file: its wiring is its command line.
+        CHECK_WHERE="$dir" helper migrate "$out" "$work/migrate-help.txt"
+        continue
+    fi
     CHECK_WHERE="$dir" helper configmap "$out" "$work/$name-tenantgate.yaml"
     if [ -s "$work/$name-tenantgate.yaml" ]; then
         # The Secrets the config's files come from exist only in the cluster: check the rest of

@@ -13,6 +13,11 @@ if any check failed. Needs PyYAML only.
                                CHECK_OUTPUT is `tenantgate check --syntax-only`'s, whose
                                "not read" lines must all be among them
   thanos-k8s RENDERED CONFIG   the Thanos sidecar in rendered manifests against tenantgate CONFIG
+  migrate RENDERED HELP        the `tenantgate migrate` Indexed Job against HELP (the binary's
+                               `migrate --help`): Indexed, completions = parallelism = the N of
+                               --shard=$(JOB_COMPLETION_INDEX)/N, absolute --start/--end, memory
+                               limit above --max-memory, every --*-file flag a mounted Secret key,
+                               flags the binary knows, API rules the schemas miss
   compose COMPOSE_FILE OUT     the compose stack: sidecar, remote_write, tenantgate build and config
                                (its tenantgate config is copied to OUT)
   dockerfile DOCKERFILE        build command, COPY sources, binary path, non-root user, pinned bases
@@ -352,6 +357,10 @@ def cmd_configmap(rendered, out):
           if grace is not None else f"{where}: shutdown_grace",
           "the kubelet would SIGKILL tenantgate while it drains")
 
+    check_security_context(where, pod, c)
+
+
+def check_security_context(where, pod, c):
     sc = c.get("securityContext") or {}
     psc = pod.get("securityContext") or {}
     check((sc.get("runAsNonRoot") or psc.get("runAsNonRoot"))
@@ -436,9 +445,6 @@ def cmd_secrets(rendered, config, check_output):
     pod = w["spec"]["template"]["spec"]
     config_path = flag_value(container_args(c), "--config") or CONFIG_PATH
     base = os.path.dirname(config_path)
-    psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
-    uid = csc.get("runAsUser", psc.get("runAsUser"))
-    fs_group = psc.get("fsGroup")
 
     by_path = {}
     for key, path, env, public in refs:
@@ -453,31 +459,39 @@ def cmd_secrets(rendered, config, check_output):
         by_path[full] = (keys + [key], pub and public)
 
     for full, (keys, public) in sorted(by_path.items()):
-        what = f"{where}: {', '.join(keys)} {full}"
-        hit = mounted_file(pod, c, full)
-        if hit.get("why"):
-            fail(what, f"not mounted: {hit['why']}")
-            continue
-        src = f"{hit['kind']} {hit['name']} key {hit['key']} (volume {hit['volume']} at {hit['mountPath']})"
-        mode = hit["mode"]
-        readable = (uid == 0 or mode & 0o004
-                    or (mode & 0o040 and fs_group is not None))
-        if hit["kind"] != "Secret" and not public:
-            fail(what, f"is {src}: credentials and keys belong in a Secret")
-        elif hit["optional"]:
-            fail(what, f"is {src}, marked optional: the Pod would start without it")
-        elif hit["subPath"]:
-            fail(what, f"is {src} through subPath {hit['subPath']}: the kubelet never updates "
-                       "subPath mounts, so rotated secrets would never reach a reload")
-        elif hit["mount"].get("readOnly") is not True:
-            fail(what, f"is {src}: set readOnly: true on the mount")
-        elif not readable:
-            fail(what, f"is {src}, mode {octal(mode)}, owner root, group "
-                       f"{fs_group if fs_group is not None else 'root (no fsGroup)'}: "
-                       f"uid {uid if uid is not None else 'of the image'} cannot read it; "
-                       "give the group read access and set the Pod's fsGroup")
-        else:
-            ok(f"{what} = {src}, mode {octal(mode)}" + (f", group {fs_group}" if fs_group is not None else ""))
+        check_mounted_file(f"{where}: {', '.join(keys)} {full}", pod, c, full, public)
+
+
+def check_mounted_file(what, pod, c, full, public, reloaded=True):
+    """The file at `full` is a key of a mounted Secret (or, if `public`, a ConfigMap), required,
+    read-only and readable by the container's user. `reloaded`: the process re-reads it while
+    running, so it must not come through a subPath mount (the kubelet never updates those)."""
+    psc, csc = pod.get("securityContext") or {}, c.get("securityContext") or {}
+    uid = csc.get("runAsUser", psc.get("runAsUser"))
+    fs_group = psc.get("fsGroup")
+    hit = mounted_file(pod, c, full)
+    if hit.get("why"):
+        return fail(what, f"not mounted: {hit['why']}")
+    src = f"{hit['kind']} {hit['name']} key {hit['key']} (volume {hit['volume']} at {hit['mountPath']})"
+    mode = hit["mode"]
+    readable = (uid == 0 or mode & 0o004
+                or (mode & 0o040 and fs_group is not None))
+    if hit["kind"] != "Secret" and not public:
+        fail(what, f"is {src}: credentials and keys belong in a Secret")
+    elif hit["optional"]:
+        fail(what, f"is {src}, marked optional: the Pod would start without it")
+    elif hit["subPath"] and reloaded:
+        fail(what, f"is {src} through subPath {hit['subPath']}: the kubelet never updates "
+                   "subPath mounts, so rotated secrets would never reach a reload")
+    elif hit["mount"].get("readOnly") is not True:
+        fail(what, f"is {src}: set readOnly: true on the mount")
+    elif not readable:
+        fail(what, f"is {src}, mode {octal(mode)}, owner root, group "
+                   f"{fs_group if fs_group is not None else 'root (no fsGroup)'}: "
+                   f"uid {uid if uid is not None else 'of the image'} cannot read it; "
+                   "give the group read access and set the Pod's fsGroup")
+    else:
+        ok(f"{what} = {src}, mode {octal(mode)}" + (f", group {fs_group}" if fs_group is not None else ""))
 
 
 def cmd_thanos_k8s(rendered, config):
@@ -492,6 +506,278 @@ def cmd_thanos_k8s(rendered, config):
             check_sidecar_url(where, flag_value(container_args(c), "--prometheus.url"),
                               cfg, {"127.0.0.1", "localhost"})
     no_objstore(docs, where)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kubernetes: `tenantgate migrate` as an Indexed Job
+
+
+ENTRYPOINT = "/usr/local/bin/tenantgate"
+MAX_SHARDS = 1024
+SHARD_ARG_RE = re.compile(r"^\$\(JOB_COMPLETION_INDEX\)/(\d+)$")
+VAR_REF_RE = re.compile(r"(\$+)\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def skip(what):
+    print(f"skip {what}")
+
+
+def migrate_help(path):
+    """From `tenantgate migrate --help`: {flag: value name or None}, {flag: default}."""
+    flags, defaults, last = {}, {}, None
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"^\s+(?:-\w, )?(--[A-Za-z0-9][\w.-]*)(?: <([^>]+)>)?\s*$", line)
+            if m:
+                last = m.group(1)
+                flags[last] = m.group(2)
+                continue
+            d = re.search(r"\[default: ([^\]]*)\]", line)
+            if d and last and last not in defaults:
+                defaults[last] = d.group(1)
+    return flags, defaults
+
+
+def parse_cli(tokens, flags):
+    """(flag, value or None) pairs and positional words of a command line, using the value names
+    --help gives; a flag --help does not know takes the next word as its value unless it starts
+    with a dash."""
+    out, words, i = [], [], 0
+    while i < len(tokens):
+        t = tokens[i]
+        if t.startswith("--"):
+            name, eq, val = t.partition("=")
+            takes = flags.get(name) is not None or (name not in flags and not eq and i + 1 < len(tokens)
+                                                    and not tokens[i + 1].startswith("-"))
+            if eq:
+                out.append((name, val))
+            elif takes and i + 1 < len(tokens):
+                out.append((name, tokens[i + 1]))
+                i += 1
+            else:
+                out.append((name, None))
+        elif t.startswith("-") and len(t) > 1:
+            out.append((t, tokens[i + 1] if i + 1 < len(tokens) else None))
+            i += 1
+        else:
+            words.append(t)
+        i += 1
+    return out, words
+
+
+def size_bytes(text):
+    """A tenantgate size (256MiB, 4MiB, 1GB) in bytes; None if malformed."""
+    m = re.fullmatch(r"(\d+)\s*(B|KiB|MiB|GiB|TiB|KB|kB|MB|GB|TB)?", str(text).strip())
+    if not m:
+        return None
+    mult = {None: 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+            "KB": 10**3, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[m.group(2)]
+    return int(m.group(1)) * mult
+
+
+def quantity_bytes(q):
+    """A Kubernetes memory quantity (320Mi, 1G, 268435456, 1e9) in bytes; None if malformed."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(?:(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)|[eE](\d+))?", str(q).strip())
+    if not m:
+        return None
+    mult = {None: 1, "Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40, "Pi": 1 << 50,
+            "Ei": 1 << 60, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+            "E": 10**18}[m.group(2)]
+    if m.group(3):
+        mult = 10 ** int(m.group(3))
+    return int(float(m.group(1)) * mult)
+
+
+def absolute_time(text):
+    """Unix seconds of an absolute --start/--end (RFC 3339 with an offset, or Unix seconds);
+    None for `now`, `now-30d` or anything else."""
+    t = str(text).strip()
+    if re.fullmatch(r"\d+", t):
+        return int(t)
+    if not re.fullmatch(r"\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:\d\d)", t):
+        return None
+    import datetime
+    try:
+        return datetime.datetime.fromisoformat(re.sub(r"[Zz]$", "+00:00", t)).timestamp()
+    except ValueError:
+        return None
+
+
+def human_seconds(secs):
+    secs = int(secs)
+    d, rest = divmod(secs, 86400)
+    h, rest = divmod(rest, 3600)
+    m, s = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((d, "d"), (h, "h"), (m, "m"), (s, "s")) if v]
+    return "".join(parts) or "0s"
+
+
+def cmd_migrate(rendered, help_file):
+    """The migrate Job: Indexed, one Pod per --shard=$(JOB_COMPLETION_INDEX)/N, absolute range,
+    memory above --max-memory, every file flag a mounted Secret key, `migrate` as the command."""
+    where = os.environ.get("CHECK_WHERE", rendered)
+    docs = load_all(rendered)
+    flags, defaults = migrate_help(help_file)
+    if not check("--max-memory" in flags and "--start" in flags,
+                 f"{where}: `tenantgate migrate --help` lists its flags", f"could not parse {help_file}"):
+        return
+    jobs = [d for d in docs if d.get("kind") == "Job"]
+    if not check(len(jobs) == 1, f"{where}: one Job", f"found {len(jobs)}"):
+        return
+    job = jobs[0]
+    spec = job.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or {}
+    tg = [c for c in pod.get("containers") or [] if c.get("name") == "tenantgate"]
+    if not check(len(tg) == 1, f"{where}: one tenantgate container in Job {job['metadata']['name']}",
+                 f"found {len(tg)}"):
+        return
+    c = tg[0]
+
+    # The command: the image's ENTRYPOINT with `migrate` first.
+    command = [str(a) for a in c.get("command") or []]
+    args = [str(a) for a in c.get("args") or []]
+    if command:
+        # A command replaces the ENTRYPOINT: it must be the binary itself.
+        args = command[1:] + args
+    check((not command or command[:1] == [ENTRYPOINT]) and args[:1] == ["migrate"],
+          f"{where}: the container runs `tenantgate migrate` (args start with migrate)",
+          f"command {command or '(image ENTRYPOINT)'}, args {args[:2]}...")
+    parsed, words = parse_cli(args[1:], flags)
+    given = {}
+    for name, val in parsed:
+        given.setdefault(name, []).append(val)
+
+    def one(name):  # the value that counts: the last one given
+        return (given.get(name) or [None])[-1]
+
+    # Every flag is one the binary knows, with a value where it takes one.
+    unknown = sorted(n for n in given if n not in flags)
+    misused = sorted(n for n, vals in given.items() if n in flags
+                     and (flags[n] is None) != all(v is None for v in vals))
+    newer = [n for n in unknown if n == "--shard"]
+    unknown = [n for n in unknown if n != "--shard"]
+    check(not unknown and not misused and not words,
+          f"{where}: every flag is one `tenantgate migrate --help` lists, a value given where it takes one",
+          "; ".join(x for x in (f"unknown {unknown}" if unknown else "",
+                                f"value missing or not taken: {misused}" if misused else "",
+                                f"stray words {words}" if words else "") if x))
+    if newer:
+        skip(f"{where}: --shard against --help: this tenantgate binary predates --shard "
+             "(rebuild it, or set TENANTGATE_BIN, to check the flag against it)")
+
+    # Indexed, one Pod per shard, all at once.
+    check(spec.get("completionMode") == "Indexed", f"{where}: completionMode Indexed",
+          f"completionMode {spec.get('completionMode')!r}: JOB_COMPLETION_INDEX is only set in Indexed Jobs")
+    shards = given.get("--shard") or []
+    m = SHARD_ARG_RE.match(shards[0] or "") if len(shards) == 1 else None
+    if not m:
+        fail(f"{where}: --shard=$(JOB_COMPLETION_INDEX)/N",
+             f"got {shards or 'no --shard'}: each Pod must copy the part its index names")
+    else:
+        n = int(m.group(1))
+        completions, parallelism = spec.get("completions"), spec.get("parallelism", 1)
+        check(0 < n <= MAX_SHARDS and completions == n and parallelism == n,
+              f"{where}: completions {completions} = parallelism {parallelism} = N of --shard={shards[0]}",
+              f"need completions == parallelism == N (1 to {MAX_SHARDS}): an index >= N is refused, "
+              "an index never run leaves its part uncopied, and parallelism < N runs the shards "
+              "(and the following last one) one after another")
+    env = {e.get("name"): e for e in c.get("env") or []}
+    refs = {name for dollars, name in VAR_REF_RE.findall(" ".join(args)) if len(dollars) % 2}
+    # The Job controller adds JOB_COMPLETION_INDEX to every container of an Indexed Job's Pods.
+    injected = {"JOB_COMPLETION_INDEX"} if spec.get("completionMode") == "Indexed" else set()
+    missing = sorted(r for r in refs if r not in env and r not in injected)
+    idx = env.get("JOB_COMPLETION_INDEX")
+    idx_ok = idx is None or "job-completion-index" in str(
+        (((idx.get("valueFrom") or {}).get("fieldRef")) or {}).get("fieldPath", ""))
+    check(not missing and idx_ok,
+          f"{where}: every $(VAR) in args is set: {', '.join(sorted(refs)) or 'none'}"
+          + (" (added by the Job controller)" if "JOB_COMPLETION_INDEX" in refs and idx is None
+             and "JOB_COMPLETION_INDEX" not in missing else ""),
+          f"not in the container's env (the kubelet leaves them as typed): {missing}" if missing
+          else "JOB_COMPLETION_INDEX is declared, but not as a fieldRef to "
+               "batch.kubernetes.io/job-completion-index: every shard would get the same index")
+
+    # An absolute range, the same for every shard.
+    start, end = one("--start"), one("--end")
+    t0, t1 = absolute_time(start) if start else None, absolute_time(end) if end else None
+    if t0 is None or t1 is None:
+        fail(f"{where}: --start and --end absolute",
+             f"--start={start}, --end={end}: --shard needs both, as RFC 3339 (with Z or an offset) "
+             "or Unix seconds; now-relative times differ between shards started at different moments")
+    elif t0 >= t1:
+        fail(f"{where}: --start={start} before --end={end}", "nothing to copy")
+    else:
+        n = int(m.group(1)) if m else 1
+        ok(f"{where}: --start={start} and --end={end} are absolute "
+           f"({n} parts of {human_seconds((t1 - t0) / n)})")
+    if "--follow" in given and end is not None and not shards:
+        fail(f"{where}: --follow with --end", "only with --shard (there the last shard follows)")
+
+    # Memory: the limit above what the migration may use.
+    mm_text = one("--max-memory") or defaults.get("--max-memory")
+    mm = size_bytes(mm_text) if mm_text else None
+    res = c.get("resources") or {}
+    lim_text = (res.get("limits") or {}).get("memory")
+    req_text = (res.get("requests") or {}).get("memory")
+    lim = quantity_bytes(lim_text) if lim_text is not None else None
+    req = quantity_bytes(req_text) if req_text is not None else None
+    src = "" if one("--max-memory") else " (its default)"
+    if mm is None:
+        fail(f"{where}: --max-memory", f"cannot read {mm_text!r}")
+    else:
+        check(lim is not None and lim > mm, f"{where}: memory limit {lim_text} > --max-memory {mm_text}{src}",
+              "no memory limit" if lim_text is None
+              else "the kernel would OOM-kill tenantgate before --max-memory shrinks its slabs")
+        check(req is not None and req >= mm, f"{where}: memory request {req_text} >= --max-memory {mm_text}{src}",
+              "the scheduler would not reserve what the migration may use")
+
+    # Files: credentials from mounted Secrets (CA bundles may be ConfigMaps).
+    file_flags = sorted(n for n in given
+                        if flags.get(n) == "FILE" or (n not in flags and n.endswith("-file")))
+    for name in file_flags:
+        for val in given[name]:
+            what = f"{where}: {name}={val}"
+            if not val or not os.path.isabs(val):
+                fail(what, "give an absolute path, where a Secret is mounted")
+                continue
+            public = name.endswith("ca-file") or name == "--config"
+            check_mounted_file(what, pod, c, os.path.normpath(val), public, reloaded=False)
+    if not file_flags:
+        ok(f"{where}: no credential files (none of the --*-file flags)")
+    inline = sorted({f"{n}={v.split(':', 1)[0]}: ..." for n in ("--to-header", "--from-header")
+                     for v in given.get(n) or [] if v and v.split(":", 1)[0].strip().lower()
+                     in ("authorization", "proxy-authorization")})
+    check(not inline, f"{where}: no credentials on the command line (headers)",
+          f"{inline}: use --to-bearer-token-file/--to-basic-auth-password-file (from a Secret); "
+          "args are visible to anyone who can read the Job")
+
+    # What the API server checks but the schemas do not.
+    restart = pod.get("restartPolicy")
+    pfp = spec.get("podFailurePolicy")
+    needs_never = [f for f in ("backoffLimitPerIndex", "podFailurePolicy") if spec.get(f) is not None]
+    check(restart == "Never" if needs_never else restart in ("Never", "OnFailure"),
+          f"{where}: restartPolicy Never, as {' and '.join(needs_never)} require" if needs_never
+          else f"{where}: restartPolicy {restart}",
+          f"it is {restart}" if needs_never else "a Job's must be Never or OnFailure")
+    if pfp is not None:
+        names = {cc.get("name") for cc in pod.get("containers") or []}
+        problems = []
+        for i, r in enumerate(pfp.get("rules") or []):
+            codes = r.get("onExitCodes") or {}
+            if codes.get("containerName") and codes["containerName"] not in names:
+                problems.append(f"rule {i}: no container {codes['containerName']}")
+            if codes.get("operator") == "In" and 0 in (codes.get("values") or []):
+                problems.append(f"rule {i}: exit code 0 cannot be matched with In")
+            if r.get("action") == "FailIndex" and spec.get("backoffLimitPerIndex") is None:
+                problems.append(f"rule {i}: FailIndex needs backoffLimitPerIndex")
+        if spec.get("podReplacementPolicy") not in (None, "Failed"):
+            problems.append(f"podReplacementPolicy {spec['podReplacementPolicy']}: "
+                            "only Failed is allowed with podFailurePolicy")
+        check(not problems,
+              f"{where}: podFailurePolicy ({len(pfp.get('rules') or [])} rules) consistent with the Job",
+              "; ".join(problems))
+
+    check_security_context(where, pod, c)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -736,7 +1022,7 @@ def cmd_systemd(path):
 
 def main(argv):
     cmds = {"configmap": (cmd_configmap, 2), "secrets": (cmd_secrets, 3), "thanos-k8s": (cmd_thanos_k8s, 2),
-            "compose": (cmd_compose, 2),
+            "migrate": (cmd_migrate, 2), "compose": (cmd_compose, 2),
             "dockerfile": (cmd_dockerfile, 1), "systemd": (cmd_systemd, 1)}
     if len(argv) < 2 or argv[1] not in cmds or len(argv) - 2 != cmds[argv[1]][1]:
         print(__doc__, file=sys.stderr)

@@ -513,7 +513,7 @@ async fn a_stopped_and_a_killed_migration_resume_without_gaps_or_duplicates() {
     run.signal("TERM");
     relay.release(false);
     let stopped = run.finish(Duration::from_secs(60)).await;
-    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    assert_eq!(stopped.code, Some(4), "{}", stopped.stderr);
     let r = &stopped.report;
     assert_eq!(r["outcome"], "stopped", "{r:#}");
     assert!(
@@ -764,7 +764,7 @@ async fn follow_keeps_copying_new_samples_until_stopped() {
     }
     run.signal("INT");
     let done = run.finish(Duration::from_secs(60)).await;
-    assert_eq!(done.code, Some(0), "{}", done.stderr);
+    assert_eq!(done.code, Some(4), "{}", done.stderr);
     let r = &done.report;
     assert_eq!(r["outcome"], "stopped", "{r:#}");
     assert!(r["resume_command"].as_str().unwrap().contains("--follow"));

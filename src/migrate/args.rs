@@ -94,9 +94,17 @@ pub struct MigrateArgs {
     /// After copying, read both sides again and compare series and sample counts.
     #[arg(long)]
     pub verify: bool,
-    /// Keep replicating new data, --follow-lag behind now, until stopped.
-    #[arg(long, conflicts_with = "end")]
+    /// Keep replicating new data, --follow-lag behind now, until stopped. Excludes --end,
+    /// except with --shard: there only the last shard follows, past --end.
+    #[arg(long)]
     pub follow: bool,
+    /// Copy only part I of N (0 <= I < N, 0-based like a Kubernetes Indexed Job's
+    /// JOB_COMPLETION_INDEX): [--start, --end) is cut into N contiguous parts of equal width,
+    /// so N runs can copy at once. Needs an absolute --start and --end (the same for every
+    /// shard). Each shard has its own migration id (suffix -shard-I-of-N) and progress; a
+    /// stated ingestion rate limit is shared among the N shards.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// With --follow: how far behind now to stay (late samples still arrive at the source).
     #[arg(long = "follow-lag", value_name = "DURATION", default_value = "5m")]
     pub follow_lag: String,
@@ -158,6 +166,64 @@ pub struct MigrateArgs {
     /// CA bundle to verify the source's certificate (default: system roots).
     #[arg(long = "from-ca-file", value_name = "FILE")]
     pub from_ca_file: Option<PathBuf>,
+}
+
+/// Part `index` of `count` of the range (`--shard`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+/// The most shards a range is cut into.
+pub(super) const MAX_SHARDS: u32 = 1024;
+
+/// `I/N` with `0 <= I < N <= MAX_SHARDS`.
+pub fn parse_shard(s: &str) -> Result<Shard, String> {
+    let (i, n) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?}: expected I/N, e.g. 0/4 (the first of 4 shards)"))?;
+    let number = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?}: {v:?} is not a whole number"))
+    };
+    let (index, count) = (number(i)?, number(n)?);
+    if count == 0 || count > MAX_SHARDS {
+        return Err(format!(
+            "{s:?}: the number of shards must be 1 to {MAX_SHARDS}"
+        ));
+    }
+    if index >= count {
+        return Err(format!(
+            "{s:?}: shards are numbered from 0 to {} (0-based, like JOB_COMPLETION_INDEX)",
+            count - 1
+        ));
+    }
+    Ok(Shard { index, count })
+}
+
+impl Shard {
+    /// Part `index` of `[start, end)`: the N parts are contiguous, cover the range exactly and
+    /// differ in width by at most 1 ms.
+    pub fn part(self, start: i64, end: i64) -> (i64, i64) {
+        let width = i128::from(end) - i128::from(start);
+        let at = |k: u32| {
+            let offset = width * i128::from(k) / i128::from(self.count);
+            // Within [start, end]: the conversion cannot fail.
+            i64::try_from(i128::from(start) + offset).unwrap_or(end)
+        };
+        (at(self.index), at(self.index + 1))
+    }
+
+    pub fn is_last(self) -> bool {
+        self.index + 1 == self.count
+    }
+}
+
+/// Whether a time flag's value is relative to now (and so differs between runs).
+pub(super) fn is_relative_time(s: &str) -> bool {
+    s.trim().starts_with("now")
 }
 
 /// `RFC 3339`, Unix seconds, `now` or `now-DURATION`, in milliseconds.
@@ -329,6 +395,28 @@ mod tests {
         for bad in ["", "yesterday", "now-1x", "1.2.3"] {
             assert!(parse_time(bad, now).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn shards_cut_the_range_into_contiguous_parts() {
+        assert_eq!(parse_shard("0/4").unwrap(), Shard { index: 0, count: 4 });
+        for bad in ["4/4", "1", "-1/4", "0/0", "0/1025", "a/b", "1/2/3"] {
+            assert!(parse_shard(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_shard("4/4").unwrap_err().contains("0 to 3"));
+        for (start, end, n) in [(0i64, 10i64, 3u32), (5, 6, 1), (1_000, 1_000_003, 7)] {
+            let mut at = start;
+            for index in 0..n {
+                let (a, b) = Shard { index, count: n }.part(start, end);
+                assert_eq!(a, at, "contiguous");
+                assert!(b >= a && b - a <= (end - start) / i64::from(n) + 1);
+                at = b;
+            }
+            assert_eq!(at, end, "the parts cover the range");
+        }
+        let far = Shard { index: 1, count: 2 }.part(0, i64::MAX);
+        assert_eq!(far, (i64::MAX / 2, i64::MAX));
+        assert!(Shard { index: 1, count: 2 }.is_last());
     }
 
     #[test]

@@ -116,7 +116,7 @@ impl Migration {
             self.report.outcome = Outcome::Incomplete;
         }
         self.progress.finish();
-        if (self.report.outcome != Outcome::Complete && rerun_helps) || args.follow {
+        if (self.report.outcome != Outcome::Complete && rerun_helps) || self.plan.end.is_none() {
             self.report.resume_command =
                 Some(report::shell_command(&std::env::args().collect::<Vec<_>>()));
         }
@@ -148,8 +148,23 @@ impl Migration {
         if args.dry_run {
             return self.dry_run(cursor).await;
         }
-        if resume.is_some_and(|p| p > self.plan.start) {
-            self.load_already(cursor).await?;
+        match resume {
+            // Recorded progress, even only the start mark: a run of this migration may have
+            // written the slab after it without recording that.
+            Some(_) => self.load_already(cursor).await?,
+            // The start mark, before any data: a run killed in its first slab leaves it, so the
+            // next run skips what that slab already wrote instead of sending it again.
+            None if self.plan.start > 0 => match self.record_progress(self.plan.start).await {
+                // A destination that refuses samples this old (no out-of-order window) refuses
+                // the mark too; the copy goes on without it, and its own refusals decide.
+                Err(Halt::GaveUp(e)) => tracing::warn!(
+                    error = %e,
+                    "cannot record the start mark; a run killed in the first slab will send that \
+                     slab again in full (an identical sample is a no-op)"
+                ),
+                other => other?,
+            },
+            None => {}
         }
         loop {
             let end = self.plan.current_end();

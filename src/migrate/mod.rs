@@ -34,7 +34,7 @@ pub mod wire;
 mod write;
 pub mod xor;
 
-pub use args::{MigrateArgs, ProgressMode, ReportFormat, parse_time};
+pub use args::{MigrateArgs, ProgressMode, ReportFormat, Shard, parse_shard, parse_time};
 
 use crate::config::Config;
 use engine::Migration;
@@ -42,8 +42,10 @@ use remote::Stop;
 use report::Outcome;
 use setup::Plan;
 
-/// Runs `tenantgate migrate`; returns the process exit code: 0 done or stopped, 1 failed,
-/// 3 done but samples were refused or verification found differences.
+/// Runs `tenantgate migrate`; returns the process exit code: 0 done, 1 failed, 3 done but
+/// samples were refused or verification found differences, 4 stopped by a signal before the
+/// end. A stop is not success: a Kubernetes Job must run a drained shard again, and a script
+/// must not delete the source after it.
 pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,7 +72,7 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
         let report = m.run(&args).await;
         let code = match report.outcome {
             Outcome::Failed => 1,
-            Outcome::Stopped => 0,
+            Outcome::Stopped => 4,
             Outcome::Incomplete => 3,
             Outcome::Complete => 0,
         };

@@ -2,16 +2,18 @@
 //!
 //! The rule: a sample is skipped only when the destination provably holds it, meaning the same
 //! series at the same timestamp, and only in the one slab after this migration's own recorded
-//! progress (the most a stopped or killed run can have written without recording it). With no
-//! recorded progress nothing is skipped: the destination may hold live data of the same series
-//! (a Prometheus already remote-writing into it), and every sample of the history is sent; an
-//! identical sample is a no-op for Mimir, Cortex and Prometheus.
+//! progress (the most a stopped or killed run can have written without recording it). A first
+//! run records a start mark before any data, so a run killed in its first slab is resumed the
+//! same way. With no recorded progress nothing is skipped: the destination may hold live data
+//! of the same series (a Prometheus already remote-writing into it), and every sample of the
+//! history is sent; an identical sample is a no-op for Mimir, Cortex and Prometheus.
 
 use std::collections::HashMap;
 
 use super::engine::{Halt, Migration};
 use super::read::{self, Collect, Labels, Range, ReadSpec, Series};
 use super::remote::{Failed, retrying};
+use super::setup::MIN_SLAB_MS;
 use super::wire::WriteEncoder;
 use crate::time::{format_rfc3339, now_millis};
 
@@ -22,7 +24,8 @@ impl Migration {
         let matchers = self.plan.progress_matchers();
         let spec = ReadSpec {
             range: Range {
-                start: self.plan.start.min(until - 1),
+                // From 1 ms before the start: the start mark is recorded there.
+                start: (self.plan.start - 1).max(0).min(until - 1),
                 end: until,
             },
             matchers: &matchers,
@@ -72,46 +75,65 @@ impl Migration {
 
     /// After recorded progress at `cursor`: what the destination holds of the one slab after it,
     /// which a run stopped or killed before recording that slab may have partly written.
+    /// Read in pieces that fit the slab budget: live data of the same series can make the
+    /// destination much denser there than the source.
     pub(super) async fn load_already(&mut self, cursor: i64) -> Result<(), Halt> {
         let until = cursor
             .saturating_add(self.plan.max_slab)
             .min(self.plan.current_end().max(cursor + 1));
-        let spec = ReadSpec {
-            range: Range {
-                start: cursor,
-                end: until,
-            },
-            matchers: &self.plan.matchers,
-            counts_only: false,
-            budget: self.plan.slab_budget,
-            skip_progress_of: Some(&self.plan.id),
-        };
-        let mut retries = 0;
-        let read = read::read_retrying(
-            &self.plan.dest_read,
-            &spec,
-            &self.plan.retry,
-            &self.stop,
-            "read the destination",
-            &mut retries,
-        )
-        .await;
-        let read = match read {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => return Err(Halt::Fatal("the destination's samples in the slab after the recorded progress do not fit the memory budget; raise --max-memory".into())),
-            Err(Failed::Stopped) => return Err(Halt::Stopped),
-            Err(e) => return Err(Halt::Fatal(format!("cannot read the destination: {e}"))),
-        };
-        if let Collect::Samples(series) = read.data {
-            self.already = AlreadyWritten::new(series, until);
-            if !self.already.is_empty() {
-                tracing::info!(
-                    series = self.already.by_series.len(),
-                    samples = self.already.samples(),
-                    through = %format_rfc3339(until),
-                    "the destination holds samples after the recorded progress (a run stopped before recording its last slab); those exact samples will not be sent again"
-                );
+        let mut already = AlreadyWritten::empty(until);
+        let mut from = cursor;
+        let mut width = until - cursor;
+        while from < until {
+            let to = from.saturating_add(width).min(until);
+            let spec = ReadSpec {
+                range: Range {
+                    start: from,
+                    end: to,
+                },
+                matchers: &self.plan.matchers,
+                counts_only: false,
+                budget: self.plan.slab_budget,
+                skip_progress_of: Some(&self.plan.id),
+            };
+            let mut retries = 0;
+            let read = read::read_retrying(
+                &self.plan.dest_read,
+                &spec,
+                &self.plan.retry,
+                &self.stop,
+                "read the destination",
+                &mut retries,
+            )
+            .await;
+            match read {
+                Ok(Ok(r)) => {
+                    if let Collect::Samples(series) = r.data {
+                        already.add(series);
+                    }
+                    from = to;
+                }
+                Ok(Err(_)) if width > MIN_SLAB_MS => width = (width / 2).max(MIN_SLAB_MS),
+                Ok(Err(_)) => {
+                    return Err(Halt::Fatal(format!(
+                        "the destination holds more than the memory budget in one second \
+                         ({}) after the recorded progress; raise --max-memory",
+                        format_rfc3339(from)
+                    )));
+                }
+                Err(Failed::Stopped) => return Err(Halt::Stopped),
+                Err(e) => return Err(Halt::Fatal(format!("cannot read the destination: {e}"))),
             }
+        }
+        already.finish();
+        self.already = already;
+        if !self.already.is_empty() {
+            tracing::info!(
+                series = self.already.by_series.len(),
+                samples = self.already.samples(),
+                through = %format_rfc3339(until),
+                "the destination holds samples after the recorded progress (a run stopped before recording its last slab); those exact samples will not be sent again"
+            );
         }
         Ok(())
     }
@@ -163,18 +185,37 @@ pub(super) struct AlreadyWritten {
 }
 
 impl AlreadyWritten {
-    pub(super) fn new(series: Vec<Series>, until: i64) -> Self {
-        let by_series = series
-            .into_iter()
-            .filter(|s| !s.samples.is_empty())
-            .map(|s| {
-                let mut t: Vec<i64> = s.samples.iter().map(|x| x.0).collect();
-                t.sort_unstable();
-                t.dedup();
-                (s.labels, t)
-            })
-            .collect();
-        AlreadyWritten { by_series, until }
+    /// Nothing held yet, for a window ending at `until`; [`add`](Self::add) pieces of it, then
+    /// [`finish`](Self::finish).
+    pub(super) fn empty(until: i64) -> Self {
+        AlreadyWritten {
+            by_series: HashMap::new(),
+            until,
+        }
+    }
+
+    pub(super) fn add(&mut self, series: Vec<Series>) {
+        for s in series.into_iter().filter(|s| !s.samples.is_empty()) {
+            self.by_series
+                .entry(s.labels)
+                .or_default()
+                .extend(s.samples.iter().map(|x| x.0));
+        }
+    }
+
+    pub(super) fn finish(&mut self) {
+        for t in self.by_series.values_mut() {
+            t.sort_unstable();
+            t.dedup();
+        }
+    }
+
+    #[cfg(test)]
+    fn new(series: Vec<Series>, until: i64) -> Self {
+        let mut a = AlreadyWritten::empty(until);
+        a.add(series);
+        a.finish();
+        a
     }
 
     pub(super) fn is_empty(&self) -> bool {
@@ -215,6 +256,32 @@ mod tests {
 
     fn labels(n: u8) -> Labels {
         vec![("__name__".into(), format!("m{n}"))]
+    }
+
+    #[test]
+    fn pieces_of_the_window_add_up() {
+        let piece = |samples: Vec<(i64, f64)>| {
+            vec![Series {
+                labels: labels(1),
+                samples,
+            }]
+        };
+        let mut held = AlreadyWritten::empty(100);
+        held.add(piece(vec![(50, 5.0), (60, 6.0)]));
+        held.add(piece(vec![(10, 1.0), (50, 5.0)]));
+        held.add(vec![Series {
+            labels: labels(2),
+            samples: vec![],
+        }]);
+        held.finish();
+        assert_eq!(
+            held.by_series.len(),
+            1,
+            "a series without samples holds nothing"
+        );
+        let mut sent = vec![(10, 1.0), (20, 2.0), (50, 5.0), (60, 6.0)];
+        assert_eq!(held.keep_missing(&labels(1), &mut sent), 3);
+        assert_eq!(sent, [(20, 2.0)]);
     }
 
     #[test]

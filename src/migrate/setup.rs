@@ -7,11 +7,15 @@ use std::time::Duration;
 use http::HeaderName;
 use sha2::{Digest, Sha256};
 
-use super::args::{MigrateArgs, add_auth, derive_read_url, parse_headers, parse_time, resolve_url};
+use super::args::{
+    MigrateArgs, add_auth, derive_read_url, is_relative_time, parse_headers, parse_time,
+    resolve_url,
+};
 use super::read::{Labels, PROGRESS_METRIC};
 use super::remote::{Endpoint, Kind, Retry};
 use super::selector;
 use super::wire::{LabelMatcher, MatchType};
+use super::write::PACE_SHARE;
 use crate::config::units::{format_size, parse_duration, parse_size};
 use crate::config::{Config, Timeouts};
 use crate::tenant::TenantId;
@@ -25,6 +29,8 @@ pub(super) const MIN_SLAB_MS: i64 = 1000;
 pub(super) const MAX_SLAB_MS: i64 = 31 * 24 * 3600 * 1000;
 /// Window of the validation read and of the per-slab estimate of `--dry-run`.
 pub(super) const PROBE_MS: i64 = 5 * 60 * 1000;
+/// Longest migration id given with --migration-id (a shard adds its suffix to it).
+pub(super) const MAX_ID_LEN: usize = 128;
 /// Cap on the exponential backoff between retries.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -46,6 +52,8 @@ pub(super) struct Plan {
     pub(super) concurrency: usize,
     pub(super) max_write: usize,
     pub(super) retry: Retry,
+    /// Share of a destination's stated ingestion rate this run paces itself to.
+    pub(super) pace_share: f64,
 }
 
 impl Plan {
@@ -66,9 +74,60 @@ impl Plan {
         let now = now_millis();
         let start = parse_time(&args.start, now).map_err(|e| format!("--start: {e}"))?;
         let end = match &args.end {
+            Some(_) if args.follow && args.shard.is_none() => {
+                return Err(
+                    "--follow and --end exclude each other (with --shard, the last \
+                            shard follows past --end)"
+                        .into(),
+                );
+            }
             Some(e) => Some(parse_time(e, now).map_err(|e| format!("--end: {e}"))?),
             None if args.follow => None,
             None => Some(now),
+        };
+        let (start, end) = match args.shard {
+            None => (start, end),
+            Some(shard) => {
+                let (Some(end), Some(end_flag)) = (end, args.end.as_deref()) else {
+                    return Err("--shard needs --end: the range it cuts into parts".into());
+                };
+                if is_relative_time(&args.start) || is_relative_time(end_flag) {
+                    return Err(
+                        "--shard needs an absolute --start and --end (RFC 3339 or Unix \
+                                seconds): now-relative times differ between shards started at \
+                                different moments, and their parts would overlap or leave gaps"
+                            .into(),
+                    );
+                }
+                if start >= end {
+                    return Err(format!(
+                        "--start {} is not before --end {}: nothing to copy",
+                        format_rfc3339(start),
+                        format_rfc3339(end)
+                    ));
+                }
+                let (a, b) = shard.part(start, end);
+                if a == b {
+                    return Err(format!(
+                        "--shard {}/{}: the range is {} ms wide, too narrow for {} shards",
+                        shard.index,
+                        shard.count,
+                        end - start,
+                        shard.count
+                    ));
+                }
+                if args.follow && shard.is_last() {
+                    (a, None)
+                } else {
+                    if args.follow {
+                        tracing::info!(
+                            shard = %format!("{}/{}", shard.index, shard.count),
+                            "--follow is left to the last shard; this one ends at its part's end"
+                        );
+                    }
+                    (a, Some(b))
+                }
+            }
         };
         let follow_lag =
             parse_duration(&args.follow_lag).map_err(|e| format!("--follow-lag: {e}"))?;
@@ -195,8 +254,12 @@ impl Plan {
         );
 
         let id = match &args.migration_id {
-            Some(id) if !id.is_empty() && id.len() <= 128 => id.clone(),
-            Some(_) => return Err("--migration-id must be 1 to 128 characters".into()),
+            Some(id) if !id.is_empty() && id.len() <= MAX_ID_LEN => id.clone(),
+            Some(_) => {
+                return Err(format!(
+                    "--migration-id must be 1 to {MAX_ID_LEN} characters"
+                ));
+            }
             None => {
                 let mut h = Sha256::new();
                 for part in [from_url.as_str(), to_url.as_str(), tenant.as_str()]
@@ -210,6 +273,13 @@ impl Plan {
                 d.iter().take(6).map(|b| format!("{b:02x}")).collect()
             }
         };
+        // A shard's progress is its own: another shard's record says nothing about this part.
+        let id = match args.shard {
+            Some(s) => format!("{id}-shard-{}-of-{}", s.index, s.count),
+            None => id,
+        };
+        // N shards writing at once share the tenant's ingestion limit.
+        let pace_share = PACE_SHARE / f64::from(args.shard.map_or(1, |s| s.count));
 
         Ok(Plan {
             id,
@@ -248,6 +318,7 @@ impl Plan {
             concurrency,
             max_write: usize::try_from(max_write).unwrap_or(usize::MAX),
             retry,
+            pace_share,
         })
     }
 

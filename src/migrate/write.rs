@@ -287,7 +287,7 @@ impl Migration {
             .await;
             slab.retries += retries;
             if let Some(limit) = stated.get() {
-                self.pacer.slow_to(limit.rate as f64 * PACE_SHARE);
+                self.pacer.slow_to(limit.rate as f64 * self.plan.pace_share);
                 let cap = usize::try_from(limit.max_request()).unwrap_or(usize::MAX);
                 self.max_request_samples = self.max_request_samples.min(cap);
             }
