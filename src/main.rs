@@ -91,7 +91,8 @@ enum Command {
     },
     /// Copy history from a remote read endpoint into a remote write endpoint as --tenant, in
     /// time slabs, oldest first; resumable (progress is kept in the destination), optionally
-    /// replicating new data (--follow). Exit status: 0 done, 1 failed, 3 done but the
+    /// replicating new data (--follow). Exit status: 0 done, 1 failed, 2 a bad command line
+    /// (nothing contacted), 3 done but the
     /// destination refused samples or --verify found differences, 4 stopped by a signal before
     /// the end (run the same command to resume).
     Migrate(Box<MigrateArgs>),

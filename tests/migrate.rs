@@ -677,7 +677,7 @@ async fn a_destination_that_refuses_the_tenant_stops_the_migration_before_any_da
         }
         deadline.retry("running").await.unwrap();
     };
-    assert_eq!(status.code(), Some(1));
+    assert_eq!(status.code(), Some(2), "a bad command line");
     assert!(run.stderr().contains("--tenant"), "{}", run.stderr());
     assert_eq!(dst.nginx.access_log().unwrap().len(), before);
 }

@@ -42,7 +42,8 @@ use remote::Stop;
 use report::Outcome;
 use setup::Plan;
 
-/// Runs `tenantgate migrate`; returns the process exit code: 0 done, 1 failed, 3 done but
+/// Runs `tenantgate migrate`; returns the process exit code: 0 done, 1 failed, 2 a bad command
+/// line (checked before anything is contacted), 3 done but
 /// samples were refused or verification found differences, 4 stopped by a signal before the
 /// end. A stop is not success: a Kubernetes Job must run a drained shard again, and a script
 /// must not delete the source after it.
@@ -61,9 +62,11 @@ pub fn main(args: MigrateArgs, tenant: Option<String>, config: Option<Config>) -
     runtime.block_on(async move {
         let plan = match Plan::new(&args, tenant, config.as_ref()) {
             Ok(p) => p,
+            // A command line that cannot work, like one that does not parse (clap's exit 2):
+            // running it again fails the same way.
             Err(e) => {
                 eprintln!("tenantgate migrate: {e}");
-                return 1;
+                return 2;
             }
         };
         let stop = Stop::default();
