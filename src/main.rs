@@ -114,7 +114,15 @@ impl SourceArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Once per process: clap wants the version text for as long as it runs.
+    let version: &'static str = Box::leak(telemetry::build::long_version().into_boxed_str());
+    let matches = <Cli as clap::CommandFactory>::command()
+        .long_version(version)
+        .get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     if let Some(Command::Migrate(args)) = cli.command {
         return migrate(*args, &cli.source, cli.log_format, cli.log_level);
     }

@@ -176,7 +176,20 @@ fn help_and_version_work() {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
     let out = Command::new(BIN).arg("--version").output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tenantgate "));
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with("tenantgate "), "{version}");
+    // What Prometheus tools print: revision, build date, toolchain.
+    for part in [
+        "revision: ",
+        "build date: ",
+        "rust version: rustc ",
+        "platform: ",
+    ] {
+        assert!(
+            version.contains(part),
+            "--version lacks {part:?}:\n{version}"
+        );
+    }
 }
 
 /// Kills the child on drop, so a failed assertion leaves no process behind.

@@ -182,15 +182,7 @@ pub fn parse_retry_after(v: &str, now_ms: i64) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let f: Vec<&str> = v.split_whitespace().collect();
-    let [_, day, month, year, clock, "GMT"] = f.as_slice() else {
-        return None;
-    };
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let m = MONTHS.iter().position(|m| m == month)? + 1;
-    let at = crate::time::parse_rfc3339(&format!("{year}-{m:02}-{day:0>2}T{clock}Z")).ok()?;
+    let at = crate::time::parse_http_date(v)?;
     Some(Duration::from_millis(
         u64::try_from(at - now_ms).unwrap_or(0),
     ))

@@ -55,6 +55,10 @@ pub struct EmulatedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
+    revision: &'static str,
+    branch: &'static str,
+    rustversion: &'static str,
+    target: &'static str,
 }
 
 /// tenantgate's own metrics. Label values come from config (route names, configured tenants)
@@ -88,7 +92,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tenantgate");
+        // The process metrics have no prefix; tenantgate's own are tenantgate_*.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(super::process::ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tenantgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -158,11 +165,15 @@ impl Metrics {
             reload_timestamp.clone(),
         );
         let build = Info::new(BuildLabels {
-            version: env!("CARGO_PKG_VERSION"),
+            version: super::build::VERSION,
+            revision: super::build::REVISION,
+            branch: super::build::BRANCH,
+            rustversion: super::build::RUST_VERSION,
+            target: super::build::TARGET,
         });
         registry.register("build", "tenantgate build information", build);
         Metrics {
-            registry,
+            registry: root,
             requests,
             duration,
             in_flight,

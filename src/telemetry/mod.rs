@@ -1,9 +1,11 @@
 //! What tenantgate tells its operators: logs ([`log`]), metrics ([`metrics`]), and
 //! [`Exchange`], which records one request in both when its response body is finished.
 
+pub mod build;
 mod exchange;
 mod log;
 mod metrics;
+mod process;
 
 pub use exchange::{Exchange, Metered};
 pub use log::{LogFormat, LogLevel, init_logging};
