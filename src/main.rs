@@ -363,7 +363,9 @@ fn describe(c: &Config) -> String {
             })
             .unwrap_or_default();
         let mut target = String::new();
-        if r.rewrite.strip_prefix.is_some() || r.rewrite.add_prefix.is_some() {
+        if let Some(whole) = &r.rewrite.path {
+            let _ = write!(target, " (rewrite: path {whole:?})");
+        } else if r.rewrite.strip_prefix.is_some() || r.rewrite.add_prefix.is_some() {
             let _ = write!(
                 target,
                 " (rewrite: strip {:?}, add {:?})",

@@ -164,11 +164,16 @@ pub struct Rewrite {
     pub strip_prefix: Option<String>,
     /// Put in front of the path after stripping.
     pub add_prefix: Option<String>,
+    /// Replaces the whole path (validated at load to go with an exact match, alone).
+    pub path: Option<String>,
 }
 
 impl Rewrite {
     /// Rewrites a normalized, matched path.
     pub fn apply<'a>(&self, path: &'a str) -> Cow<'a, str> {
+        if let Some(whole) = &self.path {
+            return Cow::Owned(whole.clone());
+        }
         let mut rest: &str = path;
         if let Some(strip) = &self.strip_prefix
             && prefix_matches(strip, path)
@@ -176,11 +181,14 @@ impl Rewrite {
             rest = &path[strip.trim_end_matches('/').len()..];
         }
         match &self.add_prefix {
-            Some(add) => {
-                let add = add.trim_end_matches('/');
-                let rest = if rest.is_empty() { "/" } else { rest };
-                Cow::Owned(format!("{add}{rest}"))
-            }
+            // Exactly the stripped prefix: the added one as written (no trailing slash added,
+            // which an upstream such as Prometheus would answer with a redirect).
+            Some(add) if rest.is_empty() => Cow::Owned(if add.is_empty() {
+                "/".to_owned()
+            } else {
+                add.clone()
+            }),
+            Some(add) => Cow::Owned(format!("{}{rest}", add.trim_end_matches('/'))),
             None if rest.is_empty() => Cow::Borrowed("/"),
             None if rest.len() == path.len() => Cow::Borrowed(path),
             None => Cow::Owned(rest.to_owned()),
@@ -497,18 +505,33 @@ mod tests {
         let rw = Rewrite {
             strip_prefix: Some("/team-a".into()),
             add_prefix: Some("/prometheus".into()),
+            path: None,
         };
         assert_eq!(rw.apply("/team-a/api/v1/query"), "/prometheus/api/v1/query");
-        assert_eq!(rw.apply("/team-a"), "/prometheus/");
+        assert_eq!(rw.apply("/team-a"), "/prometheus");
+        assert_eq!(rw.apply("/team-a/"), "/prometheus/");
+        let rename = Rewrite {
+            strip_prefix: Some("/api/v1/push".into()),
+            add_prefix: Some("/prometheus/api/v1/write".into()),
+            path: None,
+        };
+        assert_eq!(rename.apply("/api/v1/push"), "/prometheus/api/v1/write");
+        let exact = Rewrite {
+            path: Some("/api/v1/write".into()),
+            ..Rewrite::default()
+        };
+        assert_eq!(exact.apply("/api/v1/push"), "/api/v1/write");
         let strip = Rewrite {
             strip_prefix: Some("/team-a".into()),
             add_prefix: None,
+            path: None,
         };
         assert_eq!(strip.apply("/team-a/api"), "/api");
         assert_eq!(strip.apply("/team-a"), "/");
         let add = Rewrite {
             strip_prefix: None,
             add_prefix: Some("/prometheus/".into()),
+            path: None,
         };
         assert_eq!(add.apply("/api/v1/query"), "/prometheus/api/v1/query");
         assert_eq!(Rewrite::default().apply("/x"), "/x");

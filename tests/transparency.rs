@@ -195,6 +195,39 @@ routes:
     let gate = Gate::start(yaml, &up.url()).await;
     assert_eq!(get(&gate.url("/team-a/api/v1/query?query=up")).await.0, 200);
     assert_eq!(up.last().uri, "/base/prometheus/api/v1/query?query=up");
+    // Exactly the stripped prefix: the added one, with no trailing slash made up.
+    assert_eq!(get(&gate.url("/team-a")).await.0, 200);
+    assert_eq!(up.last().uri, "/base/prometheus");
+}
+
+#[tokio::test]
+async fn rewrite_path_renames_one_path_as_a_prometheus_upstream_needs() {
+    // Senders push to Mimir's /api/v1/push; Prometheus receives at /api/v1/write.
+    let up = Upstream::start().await;
+    let yaml = r#"
+server: { listen: 127.0.0.1:0 }
+upstreams: { prometheus: { url: "{UPSTREAM}" } }
+routes:
+  - name: push
+    match: { path: /api/v1/push }
+    upstream: prometheus
+    tenant: dev
+    rewrite: { path: /api/v1/write }
+  - name: rest
+    match: { path_prefix: / }
+    upstream: prometheus
+    tenant: dev
+"#;
+    let gate = Gate::start(yaml, &up.url()).await;
+    let push = Request::post(gate.url("/api/v1/push?x=1"))
+        .header("content-type", "application/x-protobuf")
+        .body(bytes("body"))
+        .unwrap();
+    assert_eq!(send(push).await.0, 200);
+    assert_eq!(up.last().uri, "/api/v1/write?x=1");
+    assert_eq!(up.last().body_len, 4);
+    assert_eq!(get(&gate.url("/api/v1/push/more")).await.0, 200);
+    assert_eq!(up.last().uri, "/api/v1/push/more", "an exact match only");
 }
 
 #[tokio::test]

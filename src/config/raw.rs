@@ -231,6 +231,8 @@ pub struct RawMatch {
 pub struct RawRewrite {
     pub strip_prefix: Option<String>,
     pub add_prefix: Option<String>,
+    /// Replaces the whole path (an exact `match.path` only).
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -249,6 +249,29 @@ pub(super) fn route(
             }
             rewrite.add_prefix = Some(add.clone());
         }
+        if let Some(whole) = &rw.value.path {
+            if rw.value.strip_prefix.is_some() || rw.value.add_prefix.is_some() {
+                errs.at(
+                    format!("{key}.rewrite.path"),
+                    Some(rw),
+                    "replaces the whole path: give it alone, without strip_prefix or add_prefix",
+                );
+            } else if !matches!(path, Some(PathMatch::Exact(_))) {
+                errs.at(
+                    format!("{key}.rewrite.path"),
+                    Some(rw),
+                    "replaces the whole path, so it goes with an exact match.path (with a prefix, \
+                     every path under it would become this one)",
+                );
+            } else if normalize_path(whole).map(|n| n != *whole).unwrap_or(true) {
+                errs.at(
+                    format!("{key}.rewrite.path"),
+                    Some(rw),
+                    format!("{whole:?} must be a normalized path starting with '/'"),
+                );
+            }
+            rewrite.path = Some(whole.clone());
+        }
     }
     let prometheus = match &rv.prometheus {
         None => None,

@@ -193,6 +193,42 @@ fn route_matches_are_checked() {
 }
 
 #[test]
+fn a_whole_path_rewrite_goes_with_an_exact_match_alone() {
+    let ok = MINIMAL.replace(
+        "    match: { path_prefix: / }\n",
+        "    match: { path: /api/v1/push }\n    rewrite: { path: /api/v1/write }\n",
+    );
+    let c = load_str(&ok).unwrap();
+    assert_eq!(c.routes[0].rewrite.path.as_deref(), Some("/api/v1/write"));
+    let prefix = MINIMAL.replace(
+        "    match: { path_prefix: / }\n",
+        "    match: { path_prefix: /api }\n    rewrite: { path: /api/v1/write }\n",
+    );
+    assert!(
+        first_error(&prefix).contains(
+            "routes[0].rewrite.path: replaces the whole path, so it goes with an exact match.path"
+        ),
+        "{}",
+        first_error(&prefix)
+    );
+    let mixed = ok.replace(
+        "{ path: /api/v1/write }",
+        "{ path: /api/v1/write, add_prefix: /x }",
+    );
+    assert!(
+        first_error(&mixed).contains("give it alone"),
+        "{}",
+        first_error(&mixed)
+    );
+    let unnormal = ok.replace("{ path: /api/v1/write }", "{ path: api/v1/write }");
+    assert!(
+        first_error(&unnormal).contains("normalized path"),
+        "{}",
+        first_error(&unnormal)
+    );
+}
+
+#[test]
 fn upstream_urls_are_checked() {
     for (url, want) in [
         ("mimir:8080", "must start with http:// or https://"),
