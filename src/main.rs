@@ -25,7 +25,7 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    source: SourceArgs,
+    common: CommonArgs,
     /// Log level.
     #[arg(long = "log.level", value_enum, default_value = "info", global = true)]
     log_level: LogLevel,
@@ -37,17 +37,14 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
-    /// Worker threads serving requests (default: one per CPU). With 1, a single-threaded
-    /// scheduler runs everything, like one NGINX worker process.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    threads: Option<u16>,
-    /// Write one access-log line per request.
-    #[arg(long = "log.access", default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
-    log_access: bool,
+    /// Serving without the word `serve`.
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
+/// What every command reads.
 #[derive(Args, Debug, Clone)]
-struct SourceArgs {
+struct CommonArgs {
     /// Config file (YAML). Without it, the built-in dev shim config is used.
     #[arg(
         long,
@@ -57,28 +54,80 @@ struct SourceArgs {
         global = true
     )]
     config: Option<PathBuf>,
-    /// Override the URL of the config's only upstream.
-    #[arg(long, value_name = "URL", global = true)]
-    upstream: Option<String>,
     /// Override the tenant of every route that has a fixed tenant (routes that take it from the
     /// caller's identity or a header keep their authentication). For `migrate`: the tenant the
     /// history is written as.
     #[arg(long, value_name = "ID", global = true)]
     tenant: Option<String>,
+}
+
+/// Overrides of the config's values, for serving and `check`.
+#[derive(Args, Debug, Clone, Default)]
+struct OverrideArgs {
+    /// Override the URL of the config's only upstream.
+    #[arg(long, value_name = "URL")]
+    upstream: Option<String>,
     /// Override the data listen address (e.g. 127.0.0.1:9090 or :9090).
-    #[arg(long, value_name = "ADDR", global = true)]
+    #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
     /// Override the admin listen address (/metrics, /-/healthy, /-/ready, /-/reload).
-    #[arg(long = "admin-listen", value_name = "ADDR", global = true)]
+    #[arg(long = "admin-listen", value_name = "ADDR")]
     admin_listen: Option<String>,
+}
+
+impl OverrideArgs {
+    /// These, or where not given, `outer`'s (flags given before the command name).
+    fn or(self, outer: OverrideArgs) -> OverrideArgs {
+        OverrideArgs {
+            upstream: self.upstream.or(outer.upstream),
+            listen: self.listen.or(outer.listen),
+            admin_listen: self.admin_listen.or(outer.admin_listen),
+        }
+    }
+
+    fn given(&self) -> Option<&'static str> {
+        [
+            ("--upstream", self.upstream.is_some()),
+            ("--listen", self.listen.is_some()),
+            ("--admin-listen", self.admin_listen.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, given)| given.then_some(flag))
+    }
+}
+
+/// `tenantgate [serve]`'s own flags.
+#[derive(Args, Debug, Clone, Default)]
+struct ServeArgs {
+    #[command(flatten)]
+    overrides: OverrideArgs,
+    /// Worker threads serving requests (default: one per CPU). With 1, a single-threaded
+    /// scheduler runs everything, like one NGINX worker process.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+    /// Write one access-log line per request [default: true].
+    #[arg(long = "log.access", action = clap::ArgAction::Set, value_name = "BOOL")]
+    log_access: Option<bool>,
+}
+
+impl ServeArgs {
+    fn or(self, outer: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            overrides: self.overrides.or(outer.overrides),
+            threads: self.threads.or(outer.threads),
+            log_access: self.log_access.or(outer.log_access),
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Serve (the default when no command is given).
-    Serve,
+    Serve(ServeArgs),
     /// Validate the config and print the route table; exit non-zero on any error.
     Check {
+        #[command(flatten)]
+        overrides: OverrideArgs,
         /// Also contact every upstream the way real traffic would (reachability, TLS, each
         /// route's tenant, remote read, the push endpoint, emulated endpoints) and report one
         /// line per check. Writes nothing.
@@ -92,24 +141,21 @@ enum Command {
     /// Copy history from a remote read endpoint into a remote write endpoint as --tenant, in
     /// time slabs, oldest first; resumable (progress is kept in the destination), optionally
     /// replicating new data (--follow). Exit status: 0 done, 1 failed, 2 a bad command line
-    /// (nothing contacted), 3 done but the
-    /// destination refused samples or --verify found differences, 4 stopped by a signal before
-    /// the end (run the same command to resume).
+    /// (nothing contacted), 3 done but the destination refused samples or --verify found
+    /// differences, 4 stopped by a signal before the end (run the same command to resume).
     Migrate(Box<MigrateArgs>),
 }
 
-impl SourceArgs {
-    fn source(&self) -> ConfigSource {
-        ConfigSource {
-            path: self.config.clone(),
-            overrides: Overrides {
-                upstream: self.upstream.clone(),
-                tenant: self.tenant.clone(),
-                listen: self.listen.clone(),
-                admin_listen: self.admin_listen.clone(),
-                ..Overrides::default()
-            },
-        }
+fn config_source(common: &CommonArgs, overrides: &OverrideArgs) -> ConfigSource {
+    ConfigSource {
+        path: common.config.clone(),
+        overrides: Overrides {
+            upstream: overrides.upstream.clone(),
+            tenant: common.tenant.clone(),
+            listen: overrides.listen.clone(),
+            admin_listen: overrides.admin_listen.clone(),
+            ..Overrides::default()
+        },
     }
 }
 
@@ -123,14 +169,35 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    if let Some(Command::Migrate(args)) = cli.command {
-        return migrate(*args, &cli.source, cli.log_format, cli.log_level);
-    }
-    let mut source = cli.source.source();
-    if let Some(Command::Check {
-        syntax_only: true, ..
-    }) = cli.command
-    {
+    let outer = cli.serve;
+    let (serve_args, check) = match cli.command {
+        Some(Command::Migrate(args)) => {
+            if let Some(flag) = outer
+                .overrides
+                .given()
+                .or(outer.threads.map(|_| "--threads"))
+            {
+                eprintln!("tenantgate migrate: {flag} is for serving; migrate does not use it");
+                return ExitCode::from(2);
+            }
+            return migrate(*args, &cli.common, cli.log_format, cli.log_level);
+        }
+        Some(Command::Serve(s)) => (s.or(outer), None),
+        Some(Command::Check {
+            overrides,
+            probe,
+            syntax_only,
+        }) => (
+            ServeArgs {
+                overrides: overrides.or(outer.overrides),
+                ..ServeArgs::default()
+            },
+            Some((probe, syntax_only)),
+        ),
+        None => (outer, None),
+    };
+    let mut source = config_source(&cli.common, &serve_args.overrides);
+    if let Some((_, true)) = check {
         source.overrides.syntax_only = true;
     }
     let config = match source.load() {
@@ -144,64 +211,49 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match cli.command {
-        Some(Command::Check { probe, .. }) => {
-            print!("{}", describe(&config));
-            if !probe {
-                return ExitCode::SUCCESS;
-            }
-            telemetry::init_logging(cli.log_format, LogLevel::Error);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("tenantgate: cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            println!("\nprobe:");
-            let report = runtime.block_on(tenantgate::probe::probe(config));
-            print!("{report}");
-            if report.passed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+    if let Some((probe, _)) = check {
+        print!("{}", describe(&config));
+        if !probe {
+            return ExitCode::SUCCESS;
         }
-        Some(Command::Migrate(_)) => ExitCode::from(2),
-        Some(Command::Serve) | None => {
-            telemetry::init_logging(cli.log_format, cli.log_level);
-            serve(
-                config,
-                source,
-                AppOptions {
-                    access_log: cli.log_access,
-                },
-                cli.threads,
-            )
-        }
+        telemetry::init_logging(cli.log_format, LogLevel::Error);
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("tenantgate: cannot start the async runtime: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        println!("\nprobe:");
+        let report = runtime.block_on(tenantgate::probe::probe(config));
+        print!("{report}");
+        return if report.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        };
     }
+    telemetry::init_logging(cli.log_format, cli.log_level);
+    serve(
+        config,
+        source,
+        AppOptions {
+            access_log: serve_args.log_access.unwrap_or(true),
+        },
+        serve_args.threads,
+    )
 }
 
 /// `tenantgate migrate`: reads --config only when --from or --to name one of its upstreams.
 fn migrate(
     args: MigrateArgs,
-    source: &SourceArgs,
+    source: &CommonArgs,
     log_format: LogFormat,
     log_level: LogLevel,
 ) -> ExitCode {
-    for (flag, given) in [
-        ("--upstream", source.upstream.is_some()),
-        ("--listen", source.listen.is_some()),
-        ("--admin-listen", source.admin_listen.is_some()),
-    ] {
-        if given {
-            eprintln!("tenantgate migrate: {flag} is for serving; migrate does not use it");
-            return ExitCode::from(2);
-        }
-    }
     let config = match &source.config {
         Some(path) => match config::load(Some(path), &Overrides::default()) {
             Ok(c) => Some(c),
@@ -252,6 +304,7 @@ fn serve(
     };
     runtime.block_on(async move {
         let config_name = config.source.clone();
+        let (routes, upstreams) = summary(&config);
         let signals = match Signals::install() {
             Ok(s) => s,
             Err(e) => {
@@ -266,11 +319,41 @@ fn serve(
                 return ExitCode::from(1);
             }
         };
-        tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %config_name, "tenantgate starting");
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %config_name,
+            routes = %routes,
+            upstreams = %upstreams,
+            "tenantgate starting"
+        );
         let handle = server.handle();
         server.run(signals.wait(handle)).await;
         ExitCode::SUCCESS
     })
+}
+
+/// The start-up line's view of the config: each route with its upstream and tenant, and each
+/// upstream's URL (no credentials: those never appear in URLs here).
+fn summary(c: &Config) -> (String, String) {
+    let routes = c
+        .routes
+        .iter()
+        .map(|r| format!("{} -> {} as {}", r.name, r.upstream, r.tenant.describe()))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let upstreams = c
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            format!(
+                "{name}={}{}",
+                u.origin.to_string().trim_end_matches('/'),
+                u.base_path
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    (routes, upstreams)
 }
 
 /// The route table as `tenantgate check` prints it.

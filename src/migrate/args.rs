@@ -141,6 +141,7 @@ pub struct MigrateArgs {
         requires = "to_basic_auth_password_file"
     )]
     pub to_basic_auth_user: Option<String>,
+    /// File holding the password for --to-basic-auth-user.
     #[arg(
         long = "to-basic-auth-password-file",
         value_name = "FILE",
@@ -154,6 +155,7 @@ pub struct MigrateArgs {
         requires = "from_basic_auth_password_file"
     )]
     pub from_basic_auth_user: Option<String>,
+    /// File holding the password for --from-basic-auth-user.
     #[arg(
         long = "from-basic-auth-password-file",
         value_name = "FILE",
