@@ -16,6 +16,12 @@
 #      completions = parallelism = the N of --shard=$(JOB_COMPLETION_INDEX)/N, absolute
 #      --start/--end, memory limit above --max-memory, every --*-file flag a mounted Secret key,
 #      the Job rules the API server enforces but the schemas do not (restartPolicy Never, ...)
+#   5. the Helm chart deploy/helm/tenantgate: `helm lint --strict` with each of its ci/ values
+#      files, `helm template` of both modes (defaults, and values exercising the optional parts:
+#      HPA and PDB on and off, extra Secrets, a token from an env var, another route prefix),
+#      each validated, config-checked and wiring-checked as in 1-4, plus deploy/check_chart.py:
+#      the kinds rendered, HPA/PDB/Service wiring, the defaults rendering what the kustomizations
+#      do, the checksum/config that rolls the Pods; and that values.schema.json refuses typos
 #
 # Tools, installed when missing:
 #   - kustomize: `kustomize build` or `kubectl kustomize` if on PATH (the project's machine image
@@ -27,6 +33,9 @@
 #     ${XDG_CACHE_HOME:-~/.cache}/tenantgate-ci, reused by later runs.
 #   - tenantgate: $TENANTGATE_BIN, default target/debug/tenantgate, built with `cargo build --locked`
 #     if missing.
+#   - helm, not installed here: $HELM, else the pinned one `bash tests/peers/build.sh helm` builds
+#     from its Go module into the peers' cache (tests/peers/versions), else helm on PATH. Missing:
+#     the chart checks are a loud skip; under CI=true a FAIL.
 # Optional, skipped when absent: promtool (checks the compose Prometheus config), systemd-analyze.
 #
 # One line per check ("ok", "FAIL", "skip"); exits 1 if any check failed, 2 if a tool is missing.
@@ -151,6 +160,117 @@ for dir in "${KUSTOMIZATIONS[@]}"; do
         if [ "$name" = sidecar ]; then CHECK_WHERE="$dir" helper thanos-k8s "$out" "$work/$name-tenantgate.yaml"; fi
     fi
 done
+
+# --- Helm chart ----------------------------------------------------------------------------------
+
+# helm: $HELM, else the one tests/peers/build.sh builds (pinned in tests/peers/versions), else PATH.
+CHART=deploy/helm/tenantgate
+HELM_VERSION="$(sed -n 's/^helm=//p' tests/peers/versions)"
+HELM_CACHED="${TENANTGATE_PEERS:-${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate/peers}/helm-$HELM_VERSION/helm"
+HELM_BUILD="bash tests/peers/build.sh helm"
+helm_bin=""
+if [ -n "${HELM:-}" ]; then
+    helm_bin="$HELM"
+elif [ -x "$HELM_CACHED" ]; then
+    helm_bin="$HELM_CACHED"
+elif command -v helm >/dev/null; then
+    helm_bin="$(command -v helm)"
+fi
+
+# One case: render, schemas, the config, the wiring (as for the kustomizations), what the chart adds.
+#   name, mode, kinds expected, kustomization rendered above to compare with ("" for none), helm args
+helm_case() {
+    local name="$1" mode="$2" kinds="$3" mirror="$4"; shift 4
+    local what="$CHART ($name)" out="$work/helm-$name.yaml"
+    if ! "$helm_bin" template "tenantgate-$mode" "$CHART" --namespace tg-check --kube-version "$K8S_VERSION" \
+        "$@" >"$out" 2>"$work/out"; then
+        bad "$what: helm template $*"; sed 's/^/     | /' "$work/out"; return
+    fi
+    ok "$what: helm template${*:+ $*}: $(grep -c '^kind:' "$out") objects ($(grep '^kind:' "$out" | awk '{print $2}' | sort | paste -sd, -))"
+    run "$what: valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" \
+        "$KV" --kubernetes-version "$K8S_VERSION" --strict --quiet "$out"
+    CHECK_WHERE="$what" "$PY" deploy/check_chart.py objects "$out" "$kinds" || failed=1
+    if [ -n "$mirror" ]; then
+        if [ -s "$work/$mirror.yaml" ]; then
+            CHECK_WHERE="$what" CHECK_MIRRORS="deploy/kubernetes/$mirror" \
+                "$PY" deploy/check_chart.py mirrors "$out" "$work/$mirror.yaml" || failed=1
+        else
+            bad "$what: compare with deploy/kubernetes/$mirror: it did not render (above)"
+        fi
+    fi
+    CHECK_WHERE="$what" helper configmap "$out" "$work/helm-$name-tenantgate.yaml"
+    [ -s "$work/helm-$name-tenantgate.yaml" ] || return 0
+    run "$what (ConfigMap tenantgate.yaml): tenantgate check --syntax-only" \
+        "$TENANTGATE_BIN" check --syntax-only --config "$work/helm-$name-tenantgate.yaml"
+    cp "$work/out" "$work/helm-$name-check.txt"
+    CHECK_WHERE="$what" helper secrets "$out" "$work/helm-$name-tenantgate.yaml" "$work/helm-$name-check.txt"
+    if [ "$mode" = sidecar ]; then
+        CHECK_WHERE="$what" helper thanos-k8s "$out" "$work/helm-$name-tenantgate.yaml"
+    fi
+}
+
+# Values the chart must refuse, before rendering anything: description, expected in the error, args.
+helm_refuses() {
+    local what="$1" expect="$2"; shift 2
+    if "$helm_bin" template tenantgate "$CHART" "$@" >"$work/out" 2>&1; then
+        bad "$CHART: $what: helm template succeeded, should have failed"
+    elif ! grep -q -- "$expect" "$work/out"; then
+        bad "$CHART: $what: helm template failed, but not naming $expect"; sed 's/^/     | /' "$work/out"
+    else
+        ok "$CHART: $what refused ($(grep -m1 -- "$expect" "$work/out" | sed 's/^[- ]*//; s/^Error: execution error at ([^)]*): //' | cut -c1-110))"
+    fi
+}
+
+if [ -z "$helm_bin" ]; then
+    if [ "${CI:-}" = true ] || [ "${CI:-}" = 1 ]; then
+        bad "$CHART: helm $HELM_VERSION not found (\$HELM, $HELM_CACHED, PATH): build it with \`$HELM_BUILD\`"
+    else
+        skip "$CHART: NOT CHECKED: helm $HELM_VERSION not found (\$HELM, $HELM_CACHED, PATH); build it with \`$HELM_BUILD\` (a few minutes, cached)"
+    fi
+elif ! helm_v="$("$helm_bin" version --short 2>&1)"; then
+    bad "$CHART: $helm_bin version: $helm_v"
+else
+    ok "tools: helm $helm_v ($helm_bin)"
+    values="$CHART/ci"
+    for args in "" "-f $values/gateway-values.yaml" "-f $values/gateway-options-values.yaml" \
+                "-f $values/sidecar-options-values.yaml"; do
+        # shellcheck disable=SC2086  # word splitting of args is meant
+        run "$CHART: helm lint --strict${args:+ $args}" "$helm_bin" lint --strict "$CHART" $args
+    done
+    helm_case sidecar sidecar ConfigMap,Deployment,Service sidecar
+    helm_case gateway gateway ConfigMap,Deployment,HorizontalPodAutoscaler,PodDisruptionBudget,Service gateway \
+        -f "$values/gateway-values.yaml"
+    helm_case gateway-options gateway ConfigMap,Deployment,PodDisruptionBudget,Service "" \
+        -f "$values/gateway-options-values.yaml"
+    helm_case sidecar-options sidecar ConfigMap,Deployment,Service "" -f "$values/sidecar-options-values.yaml"
+    # HPA and PDB off: objects and schemas only (the rest is the gateway case's).
+    out="$work/helm-gateway-fixed.yaml"
+    if "$helm_bin" template tenantgate-gateway "$CHART" --namespace tg-check --kube-version "$K8S_VERSION" \
+        -f "$values/gateway-values.yaml" --set gateway.autoscaling.enabled=false \
+        --set gateway.podDisruptionBudget.enabled=false >"$out" 2>"$work/out"; then
+        CHECK_WHERE="$CHART (gateway, no HPA, no PDB)" "$PY" deploy/check_chart.py objects "$out" \
+            ConfigMap,Deployment,Service || failed=1
+        run "$CHART (gateway, no HPA, no PDB): valid for Kubernetes $K8S_VERSION (kubernetes-validate --strict)" \
+            "$KV" --kubernetes-version "$K8S_VERSION" --strict --quiet "$out"
+    else
+        bad "$CHART (gateway, no HPA, no PDB): helm template"; sed 's/^/     | /' "$work/out"
+    fi
+    # Config reloaded in place instead of rolled.
+    out="$work/helm-in-place.yaml"
+    if "$helm_bin" template tenantgate-gateway "$CHART" --namespace tg-check -f "$values/gateway-values.yaml" \
+        --set rollOnConfigChange=false >"$out" 2>"$work/out"; then
+        CHECK_WHERE="$CHART (rollOnConfigChange=false)" "$PY" deploy/check_chart.py in-place "$out" || failed=1
+    else
+        bad "$CHART (rollOnConfigChange=false): helm template"; sed 's/^/     | /' "$work/out"
+    fi
+    # Typos and wrong values fail instead of being ignored.
+    printf 'replicaCont: 2\n' >"$work/typo-values.yaml"
+    helm_refuses "values typo \`replicaCont: 2\` (-f)" replicaCont -f "$work/typo-values.yaml"
+    helm_refuses "values typo --set gateway.autoscaling.maxReplica=3" maxReplica --set gateway.autoscaling.maxReplica=3
+    helm_refuses "--set mode=gatway" mode --set mode=gatway
+    helm_refuses "--set sidecar.thanos.extraArgs={--objstore.config-file=/x}" objstore \
+        --set "sidecar.thanos.extraArgs={--objstore.config-file=/x}"
+fi
 
 # --- compose -------------------------------------------------------------------------------------
 

@@ -4,9 +4,11 @@
 Each subcommand prints one line per check, "ok   <what>" or "FAIL <what>: <why>", and exits 1
 if any check failed. Needs PyYAML only.
 
-  configmap RENDERED OUT       tenantgate.yaml out of a rendered kustomization's ConfigMap, and
-                               the Deployment's wiring of it (--config is that ConfigMap's file
-                               as mounted, probes, grace, Service ports)
+  configmap RENDERED OUT       tenantgate.yaml out of a rendered kustomization's (or the Helm
+                               chart's) ConfigMap, and the Deployment's wiring of it (a config
+                               change rolls the Pods: hash-named ConfigMap or checksum/config,
+                               --config is that ConfigMap's file as mounted, probes, grace,
+                               Service ports)
   secrets RENDERED CONFIG CHECK_OUTPUT
                                every file CONFIG names (TLS, htpasswd, tokens) is a Secret key the
                                Deployment mounts at that path, readable by the Pod's user;
@@ -26,6 +28,7 @@ if any check failed. Needs PyYAML only.
 
 import fnmatch
 import glob
+import hashlib
 import os
 import re
 import shlex
@@ -280,11 +283,23 @@ def cmd_configmap(rendered, out):
         f.write(cm["data"]["tenantgate.yaml"])
     cfg = yaml.safe_load(cm["data"]["tenantgate.yaml"])
     cm_name = cm["metadata"]["name"]
-    check(re.search(r"-[a-z0-9]{10}$", cm_name) is not None,
-          f"{where}: ConfigMap name {cm_name} carries a content hash (config change rolls pods)",
-          "no hash suffix: is it from configMapGenerator?")
 
     tg = [(w, c) for w in workloads(docs) for c in containers(w) if c.get("name") == "tenantgate"]
+    # A config change rolls the Pods: kustomize's configMapGenerator names the ConfigMap after a
+    # hash of its content; the Helm chart keeps the name and puts the config's sha256 on the Pod
+    # template (checksum/config).
+    checksum = (((tg[0][0]["spec"]["template"].get("metadata") or {}).get("annotations") or {})
+                .get("checksum/config") if len(tg) == 1 else None)
+    if checksum is not None:
+        want = hashlib.sha256(cm["data"]["tenantgate.yaml"].encode()).hexdigest()
+        check(checksum == want,
+              f"{where}: Pod template checksum/config is the sha256 of ConfigMap {cm_name}'s "
+              "tenantgate.yaml (config change rolls pods)", f"{checksum} != {want}")
+    else:
+        check(re.search(r"-[a-z0-9]{10}$", cm_name) is not None,
+              f"{where}: ConfigMap name {cm_name} carries a content hash (config change rolls pods)",
+              "no hash suffix: is it from configMapGenerator? (or a checksum/config Pod annotation)")
+
     if not check(len(tg) == 1, f"{where}: one tenantgate container", f"found {len(tg)}"):
         return
     w, c = tg[0]

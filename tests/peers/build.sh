@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Builds the real peers (Thanos, Cortex, Prometheus 3 with promtool) from their Go modules into a
-# cache outside the checkout, one folder per name and version. A binary already built is kept,
-# so a warm run does nothing.
+# cache outside the checkout, one folder per name and version, and Helm, which deploy/check.sh
+# lints the chart with. A binary already built is kept, so a warm run does nothing.
 #
 #   bash tests/peers/build.sh            # build what is missing
+#   bash tests/peers/build.sh helm       # ... of the peers named (thanos, cortex, prometheus, helm)
 #   bash tests/peers/build.sh --print    # print where each binary is (or will be)
+#
+# Runs at the same time wait for each other: one builds a binary, the other then finds it cached
+# (a lock per folder, with flock where it exists).
 #
 # The cache is $TENANTGATE_PEERS, else ${XDG_CACHE_HOME:-$HOME/.cache}/tenantgate/peers.
 #
@@ -24,6 +28,10 @@ zenhack=zenhack.net/go/util=github.com/zenhack/go-util@v0.0.0-20231005031245-66f
 
 # name version module package binary tags [go.mod replace]
 peers=(
+    # First: deploy/check.sh lints the Helm chart with it, early in .ci/run, while the rest builds.
+    # No replace directives, but built the same way, with the version flags its Makefile sets.
+    # Helm uses no build tags; netgo is a no-op with CGO_ENABLED=0 and fills the field.
+    "helm $helm helm.sh/helm/v3 ./cmd/helm helm netgo"
     "thanos $thanos github.com/thanos-io/thanos ./cmd/thanos thanos netgo,slicelabels"
     "thanos $thanos_old github.com/thanos-io/thanos ./cmd/thanos thanos netgo,slicelabels $zenhack"
     # slicelabels is mandatory for Cortex: without it, it compiles and corrupts labels at run time.
@@ -43,6 +51,21 @@ if [ "${1:-}" = "--print" ]; then
     exit 0
 fi
 
+# Names on the command line: build only those peers.
+if [ "$#" -gt 0 ]; then
+    wanted=()
+    for p in "${peers[@]}"; do
+        for n in "$@"; do
+            if [ "${p%% *}" = "$n" ]; then wanted+=("$p"); fi
+        done
+    done
+    for n in "$@"; do
+        printf '%s\n' "${wanted[@]}" | grep -q "^$n " \
+            || { echo "peers: no peer named $n (known: thanos cortex prometheus helm)" >&2; exit 2; }
+    done
+    peers=("${wanted[@]}")
+fi
+
 command -v go >/dev/null || { echo "peers: go is not installed (Go 1.24 or newer is needed)" >&2; exit 1; }
 # GOWORK=off: Prometheus ships a go.work, and workspace mode refuses -mod=mod.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod GOWORK=off
@@ -55,6 +78,31 @@ build() {
         echo "peers: $name $version $bin: cached at $out"
         return
     fi
+    mkdir -p "$cache/$name-$version" || return 1
+    if ! command -v flock >/dev/null; then
+        build_unlocked "$@"
+        return
+    fi
+    # Another run building the same binary (CI's background build and a foreground one): wait
+    # for it, then take what it built. The lock is released whatever the outcome.
+    local lock rc=0
+    exec {lock}>"$cache/$name-$version/.lock" || return 1
+    if ! flock -n "$lock"; then
+        echo "peers: $name $version $bin: another build holds $cache/$name-$version/.lock; waiting"
+        flock "$lock" || rc=1
+    fi
+    if [ "$rc" = 0 ] && [ -x "$out" ]; then
+        echo "peers: $name $version $bin: cached at $out"
+    elif [ "$rc" = 0 ]; then
+        build_unlocked "$@" || rc=1
+    fi
+    exec {lock}>&-
+    return "$rc"
+}
+
+build_unlocked() {
+    local name=$1 version=$2 module=$3 pkg=$4 bin=$5 tags=$6 replace=${7:-}
+    local out="$cache/$name-$version/$bin"
     local started=$SECONDS dir scratch
     echo "peers: $name $version $bin: downloading $module@$version"
     # Outside any module, so the download does not touch a go.mod.
@@ -77,10 +125,24 @@ build() {
         IFS=. read -r _ minor patch <<<"$shown"
         shown="$((minor / 100)).$((minor % 100)).$patch"
     fi
+    local ldflags="-s -w -X github.com/prometheus/common/version.Version=$shown -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=$version"
+    if [ "$name" = helm ]; then
+        # As Helm's Makefile: the version, the commit, and the Kubernetes version its lint and
+        # `.Capabilities` default to, from the client-go it is built with (v0.N.x = Kubernetes 1.N).
+        local commit k8s_minor
+        commit=$(sed -n 's/^[[:space:]]*"Hash": "\([0-9a-f]*\)",\{0,1\}$/\1/p' <<<"$info")
+        k8s_minor=$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$scratch/go.mod")
+        ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$version"
+        ldflags+=" -X helm.sh/helm/v3/internal/version.gitCommit=$commit -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+        if [ -n "$k8s_minor" ]; then
+            local rule
+            for rule in pkg/lint/rules pkg/chartutil; do
+                ldflags+=" -X helm.sh/helm/v3/$rule.k8sVersionMajor=1 -X helm.sh/helm/v3/$rule.k8sVersionMinor=$k8s_minor"
+            done
+        fi
+    fi
     echo "peers: $name $version $bin: building (go build -tags $tags)"
-    mkdir -p "$cache/$name-$version" || return 1
-    (cd "$scratch" && nice go build -trimpath -tags "$tags" \
-        -ldflags "-s -w -X github.com/prometheus/common/version.Version=$shown -X github.com/prometheus/common/version.Branch=HEAD -X github.com/prometheus/common/version.Revision=$version" \
+    (cd "$scratch" && nice go build -trimpath -tags "$tags" -ldflags "$ldflags" \
         -o "$out.tmp" "$pkg") || { rm -rf "$scratch"; return 1; }
     mv "$out.tmp" "$out" || return 1
     rm -rf "$scratch"
