@@ -220,6 +220,7 @@ impl App {
             req.method().clone(),
             String::new(),
         ));
+        exchange.client = req.extensions().get::<ConnInfo>().map(|c| c.remote);
         // The permit lives in the exchange, so it is released when the response body is done.
         let permit = self.shared.in_flight.clone().try_acquire_owned().ok();
         let served = match permit {

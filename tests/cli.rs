@@ -203,6 +203,11 @@ impl Drop for Child {
 
 #[test]
 fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
+    // An upstream that refuses connections: a port just closed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut child = Child(
         Command::new(BIN)
             .args([
@@ -212,6 +217,8 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
                 "127.0.0.1:0",
                 "--log.format",
                 "json",
+                "--upstream",
+                &format!("http://{closed}"),
             ])
             .env_remove("TENANTGATE_CONFIG")
             .stderr(Stdio::piped())
@@ -233,6 +240,18 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
             Ok(v) => v,
             Err(_) => continue,
         };
+        if v["message"] == "tenantgate starting" {
+            // The start-up line says what it forwards where.
+            let routes = v["routes"].as_str().unwrap_or_default();
+            assert!(routes.contains("default -> mimir as anonymous"), "{line}");
+            assert!(
+                v["upstreams"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(&closed.to_string()),
+                "{line}"
+            );
+        }
         if v["message"] == "listening" && v["listener"] == "data" {
             addr = v["addr"].as_str().map(str::to_owned);
             break;
@@ -252,6 +271,50 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
     s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""version":"2.53.0""#), "{resp}");
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.write_all(b"GET /api/v1/labels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    // Both access lines: the client's address, a numeric duration, a 5xx at warn.
+    let mut seen = Vec::new();
+    while seen.len() < 2 && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if v["target"] == "tenantgate::access" {
+            assert!(
+                v["client"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("127.0.0.1:"),
+                "{line}"
+            );
+            assert!(v["duration_ms"].is_f64(), "{line}");
+            seen.push((
+                v["path"].to_string(),
+                v["status"].clone(),
+                v["level"].clone(),
+            ));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (
+                "\"/prometheus/api/v1/status/buildinfo\"".to_owned(),
+                serde_json::json!(200),
+                serde_json::json!("INFO")
+            ),
+            (
+                "\"/api/v1/labels\"".to_owned(),
+                serde_json::json!(502),
+                serde_json::json!("WARN")
+            ),
+        ]
+    );
 
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])

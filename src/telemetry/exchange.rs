@@ -23,6 +23,8 @@ pub struct Exchange {
     access_log: bool,
     start: Instant,
     pub method: Method,
+    /// The client's address (the TCP peer: tenantgate reads no forwarding headers).
+    pub client: Option<std::net::SocketAddr>,
     /// Normalized path, without the query string (which may carry secrets).
     pub path: String,
     pub route: Option<Arc<str>>,
@@ -57,6 +59,7 @@ impl Exchange {
             access_log,
             start: Instant::now(),
             method,
+            client: None,
             path,
             route: None,
             tenant: None,
@@ -145,22 +148,46 @@ impl Drop for Exchange {
                 .inc_by(self.bytes_out);
         }
         if self.access_log {
-            tracing::info!(
-                target: "tenantgate::access",
-                route = &*route,
-                tenant = &*tenant,
-                tenant_from = self.tenant_origin.unwrap_or(NONE),
-                identity = self.identity.as_deref().unwrap_or(""),
-                upstream = self.upstream.as_deref().unwrap_or(NONE),
-                method = self.method.as_str(),
-                path = self.path.as_str(),
-                status = self.status,
-                duration_ms = format!("{:.3}", elapsed.as_secs_f64() * 1000.0).as_str(),
-                bytes_in,
-                bytes_out = self.bytes_out,
-                error = self.error.as_deref().unwrap_or(""),
-                "request"
-            );
+            // Answers tenantgate or its upstream failed are warnings; the rest is info.
+            macro_rules! access_line {
+                ($level:ident) => {
+                    tracing::$level!(
+                        target: "tenantgate::access",
+                        client = %ClientAddr(self.client),
+                        route = &*route,
+                        tenant = &*tenant,
+                        tenant_from = self.tenant_origin.unwrap_or(NONE),
+                        identity = self.identity.as_deref().unwrap_or(""),
+                        upstream = self.upstream.as_deref().unwrap_or(NONE),
+                        method = self.method.as_str(),
+                        path = self.path.as_str(),
+                        status = self.status,
+                        // A number (milliseconds, microsecond precision), in JSON too.
+                        duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                        bytes_in,
+                        bytes_out = self.bytes_out,
+                        error = self.error.as_deref().unwrap_or(""),
+                        "request"
+                    )
+                };
+            }
+            if self.status >= 500 {
+                access_line!(warn);
+            } else {
+                access_line!(info);
+            }
+        }
+    }
+}
+
+/// The client address as logged: the IP and port, or "none" in in-process tests.
+struct ClientAddr(Option<std::net::SocketAddr>);
+
+impl std::fmt::Display for ClientAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(a) => a.fmt(f),
+            None => f.write_str(NONE),
         }
     }
 }
