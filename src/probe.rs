@@ -15,8 +15,9 @@ use http_body_util::{BodyExt, Full};
 use crate::app::Runtime;
 use crate::config::Config;
 use crate::forward::{Upstream, UpstreamBody, headers};
+use crate::migrate::wire::{LabelMatcher, MatchType, ResponseType, encode_read_request};
 use crate::promapi::{EmulatedEndpoint, validate_semver};
-use crate::route::{PathMatch, Route};
+use crate::route::{PathMatch, Route, RouteMatch};
 use crate::telemetry::Metrics;
 use crate::tenant::TenantId;
 
@@ -71,61 +72,28 @@ impl fmt::Display for Report {
     }
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
+/// A snappy-compressed `prometheus.ReadRequest` for `{__name__="up"}` over one minute before
+/// `now_ms`, accepting streamed chunks first and samples second, as a Thanos sidecar asks.
+pub fn read_request(now_ms: i64) -> Result<Vec<u8>, String> {
+    let up = vec![LabelMatcher {
+        r#type: MatchType::Eq as i32,
+        name: "__name__".into(),
+        value: "up".into(),
+    }];
+    encode_read_request(
+        (now_ms - 60_000).max(0),
+        now_ms.max(0),
+        &[up],
+        &[ResponseType::StreamedXorChunks, ResponseType::Samples],
+    )
 }
 
-fn field_bytes(out: &mut Vec<u8>, field: u64, data: &[u8]) {
-    varint(out, field << 3 | 2);
-    varint(out, data.len() as u64);
-    out.extend_from_slice(data);
-}
+/// Where Mimir, Cortex and Prometheus receive remote write: probed on whichever route serves
+/// them, even a catch-all that never names them.
+const WRITE_PATHS: [&str; 2] = ["/api/v1/push", "/api/v1/write"];
 
-fn field_varint(out: &mut Vec<u8>, field: u64, v: u64) {
-    varint(out, field << 3);
-    varint(out, v);
-}
-
-/// A `prometheus.ReadRequest` for `{__name__="up"}` over one minute before `now_ms`, accepting
-/// streamed chunks first and samples second, as a Thanos sidecar asks.
-pub fn read_request(now_ms: i64) -> Vec<u8> {
-    let mut matcher = Vec::new();
-    field_bytes(&mut matcher, 2, b"__name__");
-    field_bytes(&mut matcher, 3, b"up");
-    let mut query = Vec::new();
-    field_varint(&mut query, 1, (now_ms - 60_000).max(0) as u64);
-    field_varint(&mut query, 2, now_ms.max(0) as u64);
-    field_bytes(&mut query, 3, &matcher);
-    let mut req = Vec::new();
-    field_bytes(&mut req, 1, &query);
-    // accepted_response_types, packed: STREAMED_XOR_CHUNKS (1), SAMPLES (0).
-    field_bytes(&mut req, 2, &[1, 0]);
-    req
-}
-
-/// Snappy block format with literals only: valid input for any snappy decoder, and the probe's
-/// request is a few dozen bytes, so compressing it would gain nothing.
-pub fn snappy_literal(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() + 16);
-    varint(&mut out, data.len() as u64);
-    for chunk in data.chunks(65_536) {
-        let n = chunk.len() - 1;
-        if n < 60 {
-            out.push((n as u8) << 2);
-        } else if n < 256 {
-            out.push(60 << 2);
-            out.push(n as u8);
-        } else {
-            out.push(61 << 2);
-            out.extend_from_slice(&(n as u16).to_le_bytes());
-        }
-        out.extend_from_slice(chunk);
-    }
-    out
+fn is_write_path(path: &str) -> bool {
+    WRITE_PATHS.iter().any(|w| path.ends_with(w)) || path.contains("/otlp/")
 }
 
 /// A request body and the three headers that describe it.
@@ -265,7 +233,13 @@ pub async fn probe(config: Config) -> Report {
                 tenant_check(&mut report, &subject, up, route, &labels, t).await;
             }
             let read = format!("{}/api/v1/read", prefix_of(route));
-            let body = snappy_literal(&read_request(crate::time::now_millis()));
+            let body = match read_request(crate::time::now_millis()) {
+                Ok(b) => b,
+                Err(e) => {
+                    report.add(false, subject.clone(), format!("remote read request: {e}"));
+                    continue;
+                }
+            };
             let headers = [
                 ("content-encoding", "snappy"),
                 ("content-type", "application/x-stream-protobuf"),
@@ -313,10 +287,19 @@ pub async fn probe(config: Config) -> Report {
                     false,
                     subject.clone(),
                     format!(
-                        "remote read broken: POST {read} -> {} {:?}: {}",
+                        "remote read broken: POST {read} -> {} {:?}: {}{}",
                         a.status.as_u16(),
                         a.content_type,
-                        snippet(&a.body)
+                        snippet(&a.body),
+                        if a.status == StatusCode::NOT_FOUND {
+                            format!(
+                                " (forwarded as {}; Mimir and Cortex serve remote read at \
+                                 /prometheus/api/v1/read, Prometheus at /api/v1/read)",
+                                route.rewrite.apply(&read)
+                            )
+                        } else {
+                            String::new()
+                        }
                     ),
                 ),
                 Err(e) => report.add(false, subject.clone(), format!("remote read failed: {e}")),
@@ -327,6 +310,17 @@ pub async fn probe(config: Config) -> Report {
             };
             for t in &tenants {
                 tenant_check(&mut report, &subject, up, route, &path, t).await;
+            }
+            // The write paths this route serves without naming them (a catch-all): a sender
+            // pushing there must not find a 404.
+            for write in WRITE_PATHS {
+                let serves = matches!(
+                    rt.table.lookup(write, &Method::POST, route.host.as_deref()),
+                    RouteMatch::Found(r) if Arc::ptr_eq(r, route)
+                );
+                if serves && write != path && !is_write_path(&path) {
+                    tenant_check(&mut report, &subject, up, route, write, tenant).await;
+                }
             }
         }
     }
@@ -342,17 +336,40 @@ async fn tenant_check(
     tenant_id: &TenantId,
 ) {
     let tenant = tenant_id.as_str();
-    let is_write = path.ends_with("/api/v1/push") || path.contains("/otlp/");
+    let is_write = is_write_path(path);
+    let forwarded = route.rewrite.apply(path).into_owned();
+    let via = if forwarded == path {
+        String::new()
+    } else {
+        format!(", forwarded as {forwarded}")
+    };
     match call(up, Some(route), Some(tenant_id), Method::GET, path, None).await {
         Ok(a) if a.status == StatusCode::UNAUTHORIZED || a.status == StatusCode::FORBIDDEN => report.add(
             false,
             subject,
-            format!("tenant {tenant} rejected: GET {path} -> {}: {}", a.status.as_u16(), snippet(&a.body)),
+            format!("tenant {tenant} rejected: GET {path}{via} -> {}: {}", a.status.as_u16(), snippet(&a.body)),
         ),
-        Ok(a) if a.status.is_server_error() => report.add(false, subject, format!("GET {path} -> {}: {}", a.status.as_u16(), snippet(&a.body))),
-        Ok(a) if is_write => report.add(true, subject, format!("push endpoint reachable, tenant {tenant} accepted, nothing written (GET {path} -> {})", a.status.as_u16())),
-        Ok(a) => report.add(true, subject, format!("tenant {tenant} accepted (GET {path} -> {})", a.status.as_u16())),
-        Err(e) => report.add(false, subject, format!("GET {path} failed: {e}")),
+        Ok(a) if a.status.is_server_error() => report.add(false, subject, format!("GET {path}{via} -> {}: {}", a.status.as_u16(), snippet(&a.body))),
+        // Nothing there: the sender's samples would be dropped as non-recoverable.
+        Ok(a) if is_write && a.status == StatusCode::NOT_FOUND => report.add(
+            false,
+            subject,
+            format!(
+                "no remote write endpoint: GET {path}{via} -> 404. Mimir and Cortex receive at /api/v1/push, \
+                 Prometheus at /api/v1/write (rename one path with match.path and rewrite.path)"
+            ),
+        ),
+        // A 404 says nothing of the tenant, and usually means a wrong upstream path or rewrite.
+        Ok(a) if a.status == StatusCode::NOT_FOUND => report.add(
+            false,
+            subject,
+            format!(
+                "nothing at GET {path}{via} -> 404: check the upstream URL's path and the route's rewrite"
+            ),
+        ),
+        Ok(a) if is_write => report.add(true, subject, format!("push endpoint reachable, tenant {tenant} accepted, nothing written (GET {path}{via} -> {})", a.status.as_u16())),
+        Ok(a) => report.add(true, subject, format!("tenant {tenant} accepted (GET {path}{via} -> {})", a.status.as_u16())),
+        Err(e) => report.add(false, subject, format!("GET {path}{via} failed: {e}")),
     }
 }
 
@@ -433,24 +450,18 @@ mod tests {
 
     #[test]
     fn read_request_encodes_the_sidecar_query() {
-        let req = read_request(120_000);
-        // field 1 (queries), length-delimited; field 2 (accepted types) = packed [1, 0] at the end.
-        assert_eq!(req[0], 0x0a);
-        assert_eq!(&req[req.len() - 4..], &[0x12, 0x02, 0x01, 0x00]);
-        let as_text = String::from_utf8_lossy(&req);
-        assert!(as_text.contains("__name__") && as_text.contains("up"));
-    }
-
-    #[test]
-    fn snappy_literal_has_length_preamble_and_literal_tags() {
-        assert_eq!(snappy_literal(b"abc"), vec![3, 2 << 2, b'a', b'b', b'c']);
-        let long = vec![7u8; 100];
-        let enc = snappy_literal(&long);
-        assert_eq!(&enc[..3], &[100, 60 << 2, 99]);
-        assert_eq!(enc.len(), 3 + 100);
-        let big = vec![1u8; 70_000];
-        let enc = snappy_literal(&big);
-        assert_eq!(enc[3], 61 << 2);
+        use prost::Message;
+        let body = read_request(120_000).unwrap();
+        let raw = crate::migrate::wire::unsnappy(&body, 1 << 20).unwrap();
+        let req = crate::migrate::wire::ReadRequest::decode(raw.as_slice()).unwrap();
+        assert_eq!(req.accepted_response_types, [1, 0]);
+        let q = &req.queries[0];
+        assert_eq!(
+            (q.start_timestamp_ms, q.end_timestamp_ms),
+            (60_000, 120_000)
+        );
+        assert_eq!(q.matchers[0].name, "__name__");
+        assert_eq!(q.matchers[0].value, "up");
     }
 
     #[test]
