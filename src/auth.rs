@@ -147,7 +147,7 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
 /// Reads a user's bcrypt hash from an htpasswd file.
 pub fn htpasswd_hash(path: &std::path::Path, user: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", crate::config::shown_path(path)))?;
     let hash = text
         .lines()
         .filter_map(|l| l.split_once(':'))

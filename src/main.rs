@@ -208,6 +208,16 @@ fn main() -> ExitCode {
                 "tenantgate: the config has {} error(s); nothing was started",
                 e.errors.len()
             );
+            if e.errors
+                .iter()
+                .any(|e| e.message.starts_with("cannot read "))
+            {
+                eprintln!(
+                    "tenantgate: files the config names are missing (relative paths are relative \
+                     to the config file's directory); `tenantgate check --syntax-only` checks the \
+                     rest without reading them"
+                );
+            }
             return ExitCode::from(1);
         }
     };

@@ -23,7 +23,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", crate::config::shown_path(path)))
 }
 
 /// Reads every certificate of a PEM file.

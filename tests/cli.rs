@@ -114,10 +114,16 @@ fn the_gateway_example_passes_the_full_check_with_its_secrets_in_place() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The path as resolved (relative to the config's directory), and what to do about it.
+    let resolved = std::path::absolute(dir.join("secrets/tokens/grafana")).unwrap();
     assert!(
-        stderr.contains("identities[2].bearer_token.file: cannot read secrets/tokens/grafana"),
+        stderr.contains(&format!(
+            "identities[2].bearer_token.file: cannot read {}",
+            resolved.display()
+        )),
         "{stderr}"
     );
+    assert!(stderr.contains("--syntax-only"), "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -141,6 +141,15 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A file the config names, as error messages show it: absolute, so a relative path is not
+/// mistaken for one relative to the shell's directory (it is relative to the config file's).
+pub fn shown_path(path: &std::path::Path) -> String {
+    std::path::absolute(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Strips the " at line N, column M" serde-saphyr appends, since we print the location ourselves.
 fn strip_location(msg: &str) -> &str {
     match msg.rfind(" at line ") {

@@ -144,7 +144,7 @@ pub(super) fn identities(
                     .map_err(|e| {
                         (
                             format!("{key}.bearer_token.file"),
-                            format!("cannot read {f}: {e}"),
+                            format!("cannot read {}: {e}", super::shown_path(&errs.path(f))),
                         )
                     }),
                 (None, Some(var)) => {

@@ -65,7 +65,26 @@ fn command_line_overrides_apply_before_validation() {
     };
     let e = load(None, &bad).unwrap_err().to_string();
     assert!(
-        e.contains("routes[0].tenant: \"a|b\" is not a valid tenant ID: '|' is not allowed"),
+        e.contains("<built-in config>: --tenant (sets routes[0].tenant): \"a|b\" is not a valid tenant ID: '|' is not allowed"),
+        "{e}"
+    );
+    // A bad value from a flag is blamed on the flag, not on a line of the file.
+    let bad = Overrides {
+        upstream: Some("not a url".into()),
+        listen: Some("nope".into()),
+        admin_listen: Some("x:y".into()),
+        ..Default::default()
+    };
+    let e = load(None, &bad).unwrap_err();
+    let paths: Vec<(&str, Option<usize>)> =
+        e.errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        paths,
+        [
+            ("--listen (sets server.listen)", None),
+            ("--admin-listen (sets admin.listen)", None),
+            ("--upstream (sets upstreams.mimir.url)", None),
+        ],
         "{e}"
     );
 }

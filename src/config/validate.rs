@@ -47,6 +47,9 @@ pub(super) struct Errors {
     pub(super) skipped: Vec<String>,
     /// Every identity name in the file, including ones that failed validation.
     pub(super) identity_names: Vec<String>,
+    /// Keys whose value came from a command-line flag: their errors name the flag, not a
+    /// line of the file.
+    pub(super) from_flags: Vec<(String, &'static str)>,
 }
 
 impl Errors {
@@ -73,9 +76,18 @@ impl Errors {
         span: Option<&Spanned<T>>,
         message: impl Into<String>,
     ) {
-        let loc = span.map(|s| s.referenced).filter(|l| l.line() > 0);
+        let mut path = path.into();
+        let mut loc = span.map(|s| s.referenced).filter(|l| l.line() > 0);
+        if let Some((_, flag)) = self
+            .from_flags
+            .iter()
+            .find(|(key, _)| path == *key || path.starts_with(&format!("{key}[")))
+        {
+            path = format!("{flag} (sets {path})");
+            loc = None;
+        }
         self.errors.push(ConfigError {
-            path: path.into(),
+            path,
             line: loc.map(|l| l.line() as usize),
             column: loc.map(|l| l.column() as usize),
             message: message.into(),
@@ -299,12 +311,15 @@ pub fn validate(
         syntax_only: overrides.syntax_only,
         skipped: Vec::new(),
         identity_names: super::security::identity_names(&raw.identities),
+        from_flags: Vec::new(),
     };
 
     if let Some(url) = &overrides.upstream {
         if raw.upstreams.len() == 1 {
-            if let Some(u) = raw.upstreams.values_mut().next() {
+            if let Some((name, u)) = raw.upstreams.iter_mut().next() {
                 u.url.value = url.clone();
+                errs.from_flags
+                    .push((format!("upstreams.{name}.url"), "--upstream"));
             }
         } else {
             errs.at::<()>(
@@ -319,13 +334,16 @@ pub fn validate(
     }
     if let Some(tenant) = &overrides.tenant {
         // Only fixed tenants: --tenant must never turn off authentication on a route.
-        for r in &mut raw.routes {
+        for (i, r) in raw.routes.iter_mut().enumerate() {
             if let super::raw::RawTenant::Fixed(t) = &mut r.value.tenant.value {
                 t.clone_from(tenant);
+                errs.from_flags
+                    .push((format!("routes[{i}].tenant"), "--tenant"));
             }
         }
     }
     if let Some(listen) = &overrides.listen {
+        errs.from_flags.push(("server.listen".into(), "--listen"));
         match &mut raw.server.listen {
             Some(l) => l.value = Listen(vec![listen.clone()]),
             None => {
@@ -337,6 +355,8 @@ pub fn validate(
     }
 
     if let Some(listen) = &overrides.admin_listen {
+        errs.from_flags
+            .push(("admin.listen".into(), "--admin-listen"));
         let unknown = serde_saphyr::Location::UNKNOWN;
         raw.admin = Some(super::raw::RawAdmin {
             listen: Spanned::new(Listen(vec![listen.clone()]), unknown, unknown),
