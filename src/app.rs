@@ -23,7 +23,7 @@ use crate::error::{BASIC_CHALLENGE, BEARER_CHALLENGE, ProxyError};
 use crate::forward::{self, Upstream, headers};
 use crate::promapi::EmulatedEndpoint;
 use crate::route::{RouteMatch, RouteTable, normalize_path};
-use crate::telemetry::{Exchange, Metered, Metrics};
+use crate::telemetry::{Exchange, Metered, Metrics, Refusal};
 use crate::tenant::{TenantError, TenantSource};
 use crate::tls::PeerNames;
 
@@ -111,7 +111,7 @@ impl Runtime {
 
 struct Shared {
     runtime: RwLock<Arc<Runtime>>,
-    /// `server.max_requests_in_flight`, as set at start.
+    /// `server.max_requests_in_flight`, as set at start (`tenantgate_requests_in_flight_limit`).
     in_flight: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     access_log: bool,
@@ -169,11 +169,14 @@ impl App {
         let metrics = Arc::new(Metrics::new());
         let runtime = Runtime::new(config, None, &metrics)?;
         metrics.config_loaded(true);
+        // The semaphore is sized once: a reload that changes the limit keeps the running one.
+        let max_in_flight = runtime.config.server.max_requests_in_flight;
+        metrics
+            .in_flight_limit
+            .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
         Ok(App {
             shared: Arc::new(Shared {
-                in_flight: Arc::new(tokio::sync::Semaphore::new(
-                    runtime.config.server.max_requests_in_flight,
-                )),
+                in_flight: Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
                 runtime: RwLock::new(Arc::new(runtime)),
                 metrics,
                 access_log: options.access_log,
@@ -228,9 +231,12 @@ impl App {
                 exchange.hold(p);
                 self.route_and_serve(&runtime, req, &mut exchange).await
             }
-            None => Err(ProxyError::Overloaded(
-                "too many requests in flight (server.max_requests_in_flight)",
-            )),
+            None => {
+                self.shared.metrics.refused(Refusal::InFlightLimit);
+                Err(ProxyError::Overloaded(
+                    "too many requests in flight (server.max_requests_in_flight)",
+                ))
+            }
         };
         let resp = match served {
             Ok(resp) => resp,
@@ -308,7 +314,7 @@ impl App {
                 &rt.config.identities,
             )
             .await
-            .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities))?;
+            .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics()))?;
         ex.tenant = Some(resolved.tenant.label());
         ex.tenant_origin = Some(resolved.origin.as_str());
         ex.identity = resolved.identity.clone();
@@ -325,15 +331,20 @@ impl App {
                     endpoint: endpoint.name(),
                 })
                 .inc();
-            if endpoint == EmulatedEndpoint::Config {
-                // The sidecar polls status/config every 30 s: a stale timestamp means it is gone.
+            let answer = emulation.respond(endpoint, req.method());
+            // The sidecar GETs status/config every 30 s: a stale timestamp means it is gone.
+            // Only a read that got the config counts (not a HEAD, a 405 or an error).
+            if endpoint == EmulatedEndpoint::Config
+                && req.method() == http::Method::GET
+                && answer.as_ref().is_ok_and(|r| r.status().is_success())
+            {
                 m.sidecar_last_seen
                     .get_or_create(&crate::telemetry::RouteLabels {
                         route: route.name.clone(),
                     })
                     .set(crate::time::now_millis() as f64 / 1000.0);
             }
-            return emulation.respond(endpoint, req.method());
+            return answer;
         }
 
         // 5. Forward.
@@ -369,13 +380,20 @@ impl App {
 }
 
 /// Maps a tenant failure to its response, with `WWW-Authenticate` challenges for the credential
-/// kinds the route accepts.
-fn tenant_error(e: TenantError, source: &TenantSource, identities: &Identities) -> ProxyError {
+/// kinds the route accepts, and counts the refusals among them.
+fn tenant_error(
+    e: TenantError,
+    source: &TenantSource,
+    identities: &Identities,
+    metrics: &Metrics,
+) -> ProxyError {
     match e {
         TenantError::Unauthenticated(crate::auth::AuthError::Busy) => {
+            metrics.refused(Refusal::CredentialCheckQueue);
             ProxyError::Overloaded("credential checks are queued")
         }
         TenantError::Unauthenticated(crate::auth::AuthError::Throttled(wait)) => {
+            metrics.refused(Refusal::FailedLoginLimit);
             ProxyError::TooManyFailedLogins { retry_after: wait }
         }
         TenantError::Unauthenticated(reason) => {
@@ -437,6 +455,35 @@ mod tests {
             "upstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\n  b: {{ url: \"http://127.0.0.1:2\", timeouts: {{ connect: {timeout} }} }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: a, tenant: t }}\n"
         );
         from_yaml(&yaml, "test.yaml", &Overrides::default()).unwrap()
+    }
+
+    fn with_in_flight_limit(limit: usize) -> Config {
+        let yaml = format!(
+            "server:\n  max_requests_in_flight: {limit}\nupstreams:\n  a: {{ url: \"http://127.0.0.1:1\" }}\nroutes:\n  - {{ name: r, match: {{ path_prefix: / }}, upstream: a, tenant: t }}\n"
+        );
+        from_yaml(&yaml, "test.yaml", &Overrides::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_in_flight_limit_gauge_shows_the_running_limit_which_a_reload_keeps() {
+        let app = App::new(with_in_flight_limit(7), AppOptions { access_log: false }).unwrap();
+        let line = |app: &App| {
+            app.metrics()
+                .encode_text()
+                .lines()
+                .find(|l| l.starts_with("tenantgate_requests_in_flight_limit "))
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            line(&app).as_deref(),
+            Some("tenantgate_requests_in_flight_limit 7")
+        );
+        app.swap(with_in_flight_limit(9)).unwrap();
+        assert_eq!(
+            line(&app).as_deref(),
+            Some("tenantgate_requests_in_flight_limit 7"),
+            "the semaphore keeps its start size, so the gauge must too"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! tenantgate.yaml:12:15: routes[1].upstream: unknown upstream "mimri" (known: mimir)
 //! ```
 
+mod parse;
 pub mod raw;
 mod routes;
 mod security;
@@ -22,6 +23,7 @@ use std::time::Duration;
 
 use http::Uri;
 
+pub use parse::parse_raw;
 pub use validate::{DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_BODY, Overrides, parse_listen, validate};
 
 use crate::route::Route;
@@ -148,121 +150,6 @@ pub fn shown_path(path: &std::path::Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
-}
-
-/// Strips the " at line N, column M" serde-saphyr appends, since we print the location ourselves.
-fn strip_location(msg: &str) -> &str {
-    match msg.rfind(" at line ") {
-        Some(i) if msg[i..].contains(", column ") => &msg[..i],
-        _ => msg,
-    }
-}
-
-/// The parser's limits, so that hostile YAML (alias bombs, deep nesting) fails fast.
-fn parse_options() -> serde_saphyr::Options {
-    let mut budget = serde_saphyr::Budget::default();
-    budget.max_aliases = 1_000;
-    budget.max_anchors = 1_000;
-    budget.max_depth = 64;
-    budget.max_documents = 1;
-    budget.max_nodes = 250_000;
-    budget.max_total_scalar_bytes = 16 << 20;
-    serde_saphyr::options! { budget: Some(budget) }
-}
-
-/// Keys whose values are wrapped in `Spanned` (for line numbers): serde sees an extra `value`
-/// level below them, which is not part of the user's file.
-const SPANNED_KEYS: [&str; 17] = [
-    "health_check",
-    "identities",
-    "tls",
-    "listen",
-    "url",
-    "connect",
-    "response_header",
-    "idle",
-    "match",
-    "upstream",
-    "tenant",
-    "rewrite",
-    "prometheus",
-    "external_labels",
-    "version",
-    "lowest_timestamp",
-    "routes",
-];
-
-/// The key path as the user wrote it: `routes[1].upstream`, without `Spanned`'s inner level.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    let mut prev: Option<&Segment> = None;
-    let mut after_routes_index = false;
-    for seg in path.iter() {
-        let spanned_parent = match prev {
-            Some(Segment::Map { key }) => SPANNED_KEYS.contains(&key.as_str()) && key != "routes",
-            Some(Segment::Seq { .. }) => after_routes_index,
-            _ => false,
-        };
-        match seg {
-            Segment::Map { key } if key == "value" && spanned_parent => {
-                prev = Some(seg);
-                after_routes_index = false;
-                // Mark this `value` as consumed so a label literally named "value" below survives.
-                continue;
-            }
-            Segment::Map { key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(key);
-            }
-            Segment::Seq { index } => {
-                out.push_str(&format!("[{index}]"));
-            }
-            Segment::Enum { variant } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(variant);
-            }
-            Segment::Unknown => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push('?');
-            }
-        }
-        after_routes_index = matches!(seg, Segment::Seq { .. })
-            && matches!(prev, Some(Segment::Map { key }) if key == "routes");
-        prev = Some(seg);
-    }
-    if out.is_empty() { ".".into() } else { out }
-}
-
-/// Parses YAML into the raw structs, with the key path and line of the first error.
-pub fn parse_raw(yaml: &str, source: &str) -> Result<raw::RawConfig, ConfigErrors> {
-    let mut path: Option<String> = None;
-    let result =
-        serde_saphyr::with_deserializer_from_str_with_options(yaml, parse_options(), |de| {
-            serde_path_to_error::deserialize::<_, raw::RawConfig>(de).map_err(|e| {
-                path = Some(key_path(e.path()));
-                e.into_inner()
-            })
-        });
-    result.map_err(|e| {
-        let loc = e.location();
-        let message = e.without_snippet().to_string();
-        ConfigErrors {
-            source: source.to_owned(),
-            errors: vec![ConfigError {
-                path: path.unwrap_or_else(|| ".".into()),
-                line: loc.map(|l| l.line() as usize),
-                column: loc.map(|l| l.column() as usize),
-                message: strip_location(&message).to_owned(),
-            }],
-        }
-    })
 }
 
 /// Parses and validates YAML text. `source` names it in errors.

@@ -212,6 +212,48 @@ fn route_matches_are_checked() {
 }
 
 #[test]
+fn every_type_level_mistake_is_listed_at_once() {
+    // Four mistakes of different kinds: each names its key and line, none hides another, and
+    // working around one (leaving its key out) invents no error of its own.
+    let yaml = "upstreams:\n  mimir:\n    url: http://mimir:8080\n    timeouts: { connect: 5x }\nroutes:\n  - name: all\n    match: { path_prefix: / }\n    upstream: mimir\n    tenant: team-a\n    colour: blue\n  - name: two\n    match: { path_prefix: /two, methods: 3 }\n    upstream: mimir\n    tenant: team-b\nserver:\n  shutdown_grace: soon\n";
+    let e = load_str(yaml).unwrap_err();
+    let got: Vec<(&str, Option<usize>)> =
+        e.errors.iter().map(|e| (e.path.as_str(), e.line)).collect();
+    assert_eq!(
+        got,
+        [
+            ("upstreams.mimir.timeouts.connect", Some(4)),
+            ("routes[0].colour", Some(10)),
+            ("routes[1].match.methods", Some(12)),
+            ("server.shutdown_grace", Some(16)),
+        ],
+        "{e}"
+    );
+    assert!(e.errors[2].message.contains("expected a list here"), "{e}");
+    // A required key with an empty value: one error, not a cascade up to the document.
+    let empty = MINIMAL.replace("url: http://mimir:8080", "url: null");
+    let e = load_str(&empty).unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].path, "upstreams.mimir.url");
+    assert!(!e.errors[0].message.contains("Option<"), "{e}");
+}
+
+#[test]
+fn a_misindented_key_is_named_with_what_yaml_expected() {
+    let yaml = MINIMAL.replace("    upstream: mimir", "     upstream: mimir");
+    let e = load_str(&yaml).unwrap_err();
+    assert_eq!(e.errors.len(), 1, "{e}");
+    assert_eq!(e.errors[0].path, "routes[0].upstream", "{e}");
+    assert_eq!(e.errors[0].line, Some(7), "{e}");
+    assert!(
+        e.errors[0]
+            .message
+            .contains("line up with the keys around it"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_whole_path_rewrite_goes_with_an_exact_match_alone() {
     let ok = MINIMAL.replace(
         "    match: { path_prefix: / }\n",

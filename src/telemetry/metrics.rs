@@ -53,6 +53,39 @@ pub struct EmulatedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub reason: &'static str,
+}
+
+/// Why tenantgate refused a request without serving it: the `reason` of
+/// `tenantgate_requests_refused_total`. A fixed set: every value's series exists from the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// `server.max_requests_in_flight` requests were already being served (503, before routing).
+    InFlightLimit,
+    /// Every bcrypt slot stayed busy for as long as a login may wait for one (503).
+    CredentialCheckQueue,
+    /// Too many failed logins from the client's address (429).
+    FailedLoginLimit,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 3] = [
+        Refusal::InFlightLimit,
+        Refusal::CredentialCheckQueue,
+        Refusal::FailedLoginLimit,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::InFlightLimit => "in_flight_limit",
+            Refusal::CredentialCheckQueue => "credential_check_queue",
+            Refusal::FailedLoginLimit => "failed_login_limit",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     revision: &'static str,
@@ -68,6 +101,11 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<RouteTenantLabels, Histogram>,
     pub in_flight: Family<RouteLabels, Gauge>,
+    /// `server.max_requests_in_flight` as the process runs it (set at start: a reload keeps it).
+    pub in_flight_limit: Gauge,
+    /// One counter of `tenantgate_requests_refused_total` per [`Refusal`], in [`Refusal::ALL`]
+    /// order: created once, so counting a refusal allocates nothing.
+    refused: [Counter; Refusal::ALL.len()],
     pub request_bytes: Family<RouteLabels, Counter>,
     pub response_bytes: Family<RouteLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
@@ -116,6 +154,23 @@ impl Metrics {
             "Requests being served",
             in_flight.clone(),
         );
+        let in_flight_limit = Gauge::default();
+        registry.register(
+            "requests_in_flight_limit",
+            "server.max_requests_in_flight: requests served at once before more are refused",
+            in_flight_limit.clone(),
+        );
+        let refused_family = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "requests_refused",
+            "Requests refused before they were served, by reason (in_flight_limit, credential_check_queue: 503; failed_login_limit: 429)",
+            refused_family.clone(),
+        );
+        let refused = Refusal::ALL.map(|r| {
+            refused_family
+                .get_or_create(&RefusedLabels { reason: r.as_str() })
+                .clone()
+        });
         let request_bytes = Family::<RouteLabels, Counter>::default();
         registry.register(
             "request_body_bytes",
@@ -177,6 +232,8 @@ impl Metrics {
             requests,
             duration,
             in_flight,
+            in_flight_limit,
+            refused,
             request_bytes,
             response_bytes,
             upstream_errors,
@@ -209,6 +266,11 @@ impl Metrics {
             self.reload_timestamp
                 .set(crate::time::now_millis() as f64 / 1000.0);
         }
+    }
+
+    /// Counts a request refused for `reason`.
+    pub fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].inc();
     }
 
     pub fn upstream_error(&self, upstream: &Arc<str>, kind: UpstreamErrorKind) {
@@ -299,6 +361,38 @@ pub fn method_label(m: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_refusal_reason_is_exported_from_the_start_and_counted_under_its_own() {
+        for (i, r) in Refusal::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "Refusal::ALL is out of declaration order");
+        }
+        let m = Metrics::new();
+        let text = m.encode_text();
+        for line in [
+            "# TYPE tenantgate_requests_refused_total counter",
+            r#"tenantgate_requests_refused_total{reason="in_flight_limit"} 0"#,
+            r#"tenantgate_requests_refused_total{reason="credential_check_queue"} 0"#,
+            r#"tenantgate_requests_refused_total{reason="failed_login_limit"} 0"#,
+            "# TYPE tenantgate_requests_in_flight_limit gauge",
+            "tenantgate_requests_in_flight_limit 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+        m.refused(Refusal::InFlightLimit);
+        m.refused(Refusal::InFlightLimit);
+        m.refused(Refusal::FailedLoginLimit);
+        m.in_flight_limit.set(4096);
+        let text = m.encode_text();
+        for line in [
+            r#"tenantgate_requests_refused_total{reason="in_flight_limit"} 2"#,
+            r#"tenantgate_requests_refused_total{reason="credential_check_queue"} 0"#,
+            r#"tenantgate_requests_refused_total{reason="failed_login_limit"} 1"#,
+            "tenantgate_requests_in_flight_limit 4096",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
 
     #[test]
     fn openmetrics_becomes_prometheus_text() {

@@ -10,6 +10,6 @@ mod process;
 pub use exchange::{Exchange, Metered};
 pub use log::{LogFormat, LogLevel, init_logging};
 pub use metrics::{
-    EmulatedLabels, Metrics, OPENMETRICS, RequestLabels, RouteLabels, RouteTenantLabels,
-    UpstreamErrorLabels, UpstreamLabels, method_label, openmetrics_to_text,
+    EmulatedLabels, Metrics, OPENMETRICS, Refusal, RefusedLabels, RequestLabels, RouteLabels,
+    RouteTenantLabels, UpstreamErrorLabels, UpstreamLabels, method_label, openmetrics_to_text,
 };
