@@ -80,6 +80,12 @@ pub enum ProxyError {
         kind: UpstreamErrorKind,
         detail: String,
     },
+    /// A remote write body that cannot be split by tenant (400).
+    #[error("{0}")]
+    BadWrite(String),
+    /// A body of a type or encoding the route does not take (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -114,6 +120,8 @@ impl ProxyError {
                 ..
             } => (StatusCode::GATEWAY_TIMEOUT, "timeout"),
             ProxyError::Upstream { .. } => (StatusCode::BAD_GATEWAY, "unavailable"),
+            ProxyError::BadWrite(_) => (StatusCode::BAD_REQUEST, "bad_data"),
+            ProxyError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_data"),
             ProxyError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

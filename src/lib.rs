@@ -30,6 +30,7 @@ pub mod login_state;
 pub mod migrate;
 pub mod probe;
 pub mod promapi;
+pub mod push;
 pub mod route;
 pub mod server;
 pub mod signals;

@@ -158,6 +158,60 @@ pub enum TenantSource {
         /// Names a client may send instead of a tenant ID (resolved before the allow-list check).
         aliases: BTreeMap<String, TenantId>,
     },
+    /// Each series' own labels, on remote write routes: the request is split into one request
+    /// per tenant (`crate::push`).
+    Label(Arc<LabelTenancy>),
+}
+
+/// `tenant: { from: label }`: the tenant of each series comes from its labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelTenancy {
+    /// The labels that name the tenant: the first one a series has wins, in this order.
+    pub labels: Vec<String>,
+    /// For series with none of them (and, with `forbidden_to_default`, for series naming a
+    /// tenant they may not write); without one such a request is refused.
+    pub default: Option<TenantId>,
+    /// Removes the label that named the tenant from the series.
+    pub remove_label: bool,
+    /// Put in front of the label value to make the tenant ID.
+    pub prefix: String,
+    /// The tenants series may name; `None`: those of the caller's identity.
+    pub allow: Option<Vec<TenantId>>,
+    /// Callers must authenticate as one of these, and each writes only to its own tenants (the
+    /// members of its tenant set); `None`: no authentication (`allow` then bounds the tenants).
+    pub identities: Option<Vec<Arc<str>>>,
+    /// A series naming a tenant it may not write goes to the default instead of failing the
+    /// request with a 403.
+    pub forbidden_to_default: bool,
+    /// Most tenants in one request.
+    pub max_tenants: usize,
+}
+
+impl LabelTenancy {
+    /// The caller, authenticated, on a route that names its callers; `None` on one that does
+    /// not (its `allow` list bounds the tenants).
+    pub async fn caller(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<&PeerNames>,
+        client: std::net::IpAddr,
+        identities: &Identities,
+    ) -> Result<Option<Arc<crate::auth::Identity>>, TenantError> {
+        let Some(allowed) = &self.identities else {
+            return Ok(None);
+        };
+        let id = identities
+            .authenticate(headers, peer, client)
+            .await
+            .map_err(TenantError::Unauthenticated)?;
+        if !allowed.iter().any(|a| *a == id.name) {
+            return Err(TenantError::Forbidden(format!(
+                "identity {:?} may not use this route",
+                &*id.name
+            )));
+        }
+        Ok(Some(id))
+    }
 }
 
 /// How the tenant of one request was chosen, for the access log.
@@ -169,6 +223,8 @@ pub enum TenantOrigin {
     Identity,
     /// Taken from the client's header and checked against the allow-list.
     Header,
+    /// From each series' labels; the request was split by tenant.
+    Label,
 }
 
 impl TenantOrigin {
@@ -177,6 +233,7 @@ impl TenantOrigin {
             TenantOrigin::Route => "route",
             TenantOrigin::Identity => "identity",
             TenantOrigin::Header => "header",
+            TenantOrigin::Label => "label",
         }
     }
 }
@@ -298,6 +355,11 @@ impl TenantSource {
                     identity: None,
                 })
             }
+            // Not one tenant per request: `crate::push` splits these, after `LabelTenancy::caller`.
+            TenantSource::Label(_) => Err(TenantError::Forbidden(
+                "this route takes the tenant from each series' labels; it accepts remote write only"
+                    .into(),
+            )),
         }
     }
 
@@ -356,6 +418,28 @@ impl TenantSource {
                 }
                 s
             }
+            TenantSource::Label(l) => {
+                let mut s = format!("from each series' label {}", l.labels.join(" or "));
+                if !l.prefix.is_empty() {
+                    s.push_str(&format!(" (prefixed {:?})", l.prefix));
+                }
+                if let Some(d) = &l.default {
+                    s.push_str(&format!(", default {d}"));
+                }
+                if let Some(a) = &l.allow {
+                    let a: Vec<&str> = a.iter().map(TenantId::as_str).collect();
+                    s.push_str(&format!(", allowed: {}", a.join(", ")));
+                }
+                if let Some(ids) = &l.identities {
+                    let ids: Vec<&str> = ids.iter().map(|n| n.as_ref()).collect();
+                    s.push_str(&format!(
+                        ", callers: {} (each to its own tenants)",
+                        ids.join(", ")
+                    ));
+                }
+                s.push_str("; split into one request per tenant");
+                s
+            }
         }
     }
 
@@ -373,6 +457,21 @@ impl TenantSource {
                 .map(|i| i.tenant.clone())
                 .collect(),
             TenantSource::Header { allow, .. } => allow.clone(),
+            TenantSource::Label(l) => match &l.allow {
+                Some(a) => a.clone(),
+                None => identities
+                    .iter()
+                    .filter(|i| l.identities.as_ref().is_some_and(|a| a.contains(&i.name)))
+                    .flat_map(|i| {
+                        i.tenant
+                            .as_str()
+                            .split('|')
+                            .filter_map(|m| TenantId::parse(m).ok())
+                            .collect::<Vec<_>>()
+                    })
+                    .chain(l.default.clone())
+                    .collect(),
+            },
         };
         out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         out.dedup();

@@ -8,6 +8,7 @@
 //! tenantgate.yaml:12:15: routes[1].upstream: unknown upstream "mimri" (known: mimir)
 //! ```
 
+mod label_tenant;
 mod parse;
 pub mod raw;
 mod routes;

@@ -269,6 +269,19 @@ pub struct RawTenantSource {
     pub federation: bool,
     /// `from: header`: names a client may send instead of a tenant, e.g. `all: "team-a|team-b"`.
     pub aliases: Option<BTreeMap<String, String>>,
+    /// `from: label`: the series labels that name the tenant, first present wins.
+    pub labels: Option<Vec<String>>,
+    /// `from: label`: the tenant of series without those labels.
+    pub default: Option<String>,
+    /// `from: label`: remove the label that named the tenant.
+    #[serde(default)]
+    pub remove_label: bool,
+    /// `from: label`: put in front of the label value.
+    pub prefix: Option<String>,
+    /// `from: label`: `refuse` (403) or `default`, for a series naming a tenant it may not write.
+    pub forbidden: Option<String>,
+    /// `from: label`: most tenants in one request.
+    pub max_tenants: Option<usize>,
 }
 
 impl<'de> Deserialize<'de> for RawTenant {

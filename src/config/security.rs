@@ -257,6 +257,14 @@ pub(super) fn tenant_source(
             }
         },
         RawTenant::Source(src) => match src.from.as_str() {
+            "identity" | "header" if super::label_tenant::has_label_keys(src) => {
+                errs.at(
+                    &key,
+                    Some(raw),
+                    "labels, default, remove_label, prefix, forbidden and max_tenants belong to `from: label`",
+                );
+                None
+            }
             "identity" => {
                 if src.allow.is_some() || src.aliases.is_some() {
                     errs.at(
@@ -346,8 +354,9 @@ pub(super) fn tenant_source(
                     aliases,
                 })
             }
+            "label" => super::label_tenant::label_source(errs, &key, raw, src, identities),
             other => {
-                errs.at(format!("{key}.from"), Some(raw), format!("{other:?}: use `identity` or `header` (or a plain tenant ID instead of a map)"));
+                errs.at(format!("{key}.from"), Some(raw), format!("{other:?}: use `identity`, `header` or `label` (or a plain tenant ID instead of a map)"));
                 None
             }
         },

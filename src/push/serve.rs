@@ -1,0 +1,196 @@
+//! Serving one remote write request on a `from: label` route: read it whole (within the route's
+//! body limit, compressed and decompressed), split it by tenant, send the parts in parallel, and
+//! merge their answers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Full, Limited};
+
+use super::merge::{self, Answer, Outcome};
+use super::split::{self, Part, Policy, SplitError};
+use super::wire::Version;
+use crate::auth::Identity;
+use crate::body::{BoxError, ProxyBody};
+use crate::error::ProxyError;
+use crate::forward::{Upstream, UpstreamBody, headers};
+use crate::migrate::wire::{Unsnappy, snappy, unsnappy};
+use crate::route::Route;
+use crate::tenant::LabelTenancy;
+
+/// Bytes of each part's answer kept (its error message).
+const ANSWER_BYTES: usize = 4096;
+
+/// Everything about the request the parts are sent with.
+pub struct Incoming<'a, B> {
+    pub request: Request<B>,
+    /// The path to forward to (rewritten) and the query.
+    pub target: &'a str,
+    pub client: std::net::IpAddr,
+    pub tls: bool,
+}
+
+fn refused(e: SplitError) -> ProxyError {
+    if e.is_forbidden() {
+        ProxyError::Forbidden(e.to_string())
+    } else {
+        ProxyError::BadWrite(e.to_string())
+    }
+}
+
+/// The headers every part carries: the client's, less what tenantgate sets itself.
+fn part_headers(client: &HeaderMap, route: &Route, from: std::net::IpAddr, tls: bool) -> HeaderMap {
+    let mut h = client.clone();
+    headers::strip_hop_by_hop(&mut h);
+    h.remove(header::HOST);
+    h.remove(header::CONTENT_LENGTH);
+    if !route.forward_authorization {
+        h.remove(header::AUTHORIZATION);
+    }
+    headers::add_forwarded(&mut h, from, tls);
+    h
+}
+
+/// Splits and sends one request; `Ok` is the merged answer (2xx or not).
+pub async fn serve<B>(
+    route: &Route,
+    upstream: &Arc<Upstream>,
+    tenancy: &LabelTenancy,
+    caller: Option<&Identity>,
+    incoming: Incoming<'_, B>,
+    seen_bytes: &std::sync::atomic::AtomicU64,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Incoming {
+        request,
+        target,
+        client,
+        tls,
+    } = incoming;
+    if request.method() != Method::POST {
+        return Err(ProxyError::MethodNotAllowed(request.method().to_string()));
+    }
+    let otlp = target.contains("/otlp/");
+    if otlp {
+        return Err(ProxyError::UnsupportedMediaType(
+            "this route splits Prometheus remote write by series labels; OTLP is not split here"
+                .into(),
+        ));
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let version = Version::of(content_type).ok_or_else(|| {
+        ProxyError::UnsupportedMediaType(format!(
+            "Content-Type {content_type:?}: remote write is application/x-protobuf, with \
+             proto=prometheus.WriteRequest (1.0) or proto=io.prometheus.write.v2.Request (2.0)"
+        ))
+    })?;
+    let snappy_encoded = request
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"snappy"));
+    if !snappy_encoded {
+        return Err(ProxyError::UnsupportedMediaType(
+            "remote write bodies are snappy-compressed (Content-Encoding: snappy)".into(),
+        ));
+    }
+    let limit = route.max_request_body;
+    let (parts, body) = request.into_parts();
+    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                ProxyError::BodyTooLarge { limit }
+            } else {
+                ProxyError::ClientBody(e.to_string())
+            }
+        })?
+        .to_bytes();
+    seen_bytes.store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    // The snappy header states the decoded size: refused before anything is inflated.
+    let raw =
+        unsnappy(&body, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(|e| match e {
+            Unsnappy::TooBig(_) => ProxyError::BodyTooLarge { limit },
+            Unsnappy::Bad(e) => ProxyError::BadWrite(format!("the body is not snappy: {e}")),
+        })?;
+    drop(body);
+    let policy = Policy { tenancy, caller };
+    let split = match version {
+        Version::V1 => split::split_v1(Bytes::from(raw), &policy),
+        Version::V2 => split::split_v2(Bytes::from(raw), &policy),
+    }
+    .map_err(refused)?;
+    let uri = upstream.uri_for(target, parts.uri.query())?;
+    let common = part_headers(&parts.headers, route, client, tls);
+    let answers = send_all(upstream, &uri, &common, split).await?;
+    Ok(merge::merge(&answers, otlp, crate::time::now_millis()))
+}
+
+/// Sends every part at once; each gets its answer, or how it failed.
+async fn send_all(
+    upstream: &Arc<Upstream>,
+    uri: &http::Uri,
+    common: &HeaderMap,
+    parts: Vec<Part>,
+) -> Result<Vec<Answer>, ProxyError> {
+    let mut tasks = Vec::with_capacity(parts.len());
+    for part in parts {
+        let body = snappy(&part.body).map_err(ProxyError::Internal)?;
+        let mut req = Request::new(
+            Full::new(Bytes::from(body))
+                .map_err(|e| match e {})
+                .boxed_unsync(),
+        );
+        *req.method_mut() = Method::POST;
+        *req.uri_mut() = uri.clone();
+        *req.headers_mut() = common.clone();
+        headers::set_tenant(req.headers_mut(), &part.tenant);
+        let req: Request<UpstreamBody> = req;
+        let upstream = upstream.clone();
+        let tenant = part.tenant.clone();
+        tasks.push((
+            tenant,
+            tokio::spawn(async move {
+                match upstream.send(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let (p, body) = resp.into_parts();
+                        let body = crate::body::read_prefix(body, ANSWER_BYTES).await;
+                        Outcome::Answered {
+                            status,
+                            headers: p.headers,
+                            body: Bytes::from(body),
+                        }
+                    }
+                    Err(ProxyError::Upstream { kind, detail, .. }) => {
+                        Outcome::Failed { kind, detail }
+                    }
+                    Err(e) => Outcome::Failed {
+                        kind: crate::error::UpstreamErrorKind::Connect,
+                        detail: e.to_string(),
+                    },
+                }
+            }),
+        ));
+    }
+    let mut answers = Vec::with_capacity(tasks.len());
+    for (tenant, task) in tasks {
+        let outcome = task.await.unwrap_or_else(|e| Outcome::Failed {
+            kind: crate::error::UpstreamErrorKind::Reset,
+            detail: format!("the part's task ended: {e}"),
+        });
+        answers.push(Answer { tenant, outcome });
+    }
+    Ok(answers)
+}

@@ -1,0 +1,406 @@
+//! Splitting one remote write request into one request per tenant, chosen by series labels.
+//!
+//! Every series goes to exactly one tenant, with all its samples, exemplars and histograms;
+//! Remote Write 2.0 gets a symbol table of its own per tenant. Remote Write 1.0 metadata goes
+//! with the series of its metric family (to each tenant that has some), else to the default
+//! tenant; without one it is dropped (it describes no series of this request).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use prost::Message;
+
+use super::wire::{Label, V1MetadataName, V1Request, V1Series, V2Request, V2Series};
+use crate::auth::Identity;
+use crate::tenant::{LabelTenancy, TenantId};
+
+/// Why a request cannot be split (each is the client's to fix: 400 or 403).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    #[error("the request is not a valid remote write message: {0}")]
+    Decode(String),
+    #[error(
+        "series {series} has none of the labels that name the tenant ({labels}), and this route has no default tenant"
+    )]
+    NoTenantLabel { series: String, labels: String },
+    #[error("series {series}: {value:?} is not a valid tenant ID: {why}")]
+    InvalidTenant {
+        series: String,
+        value: String,
+        why: String,
+    },
+    #[error("series {series} is for tenant {tenant:?}, which {who} may not write to")]
+    Forbidden {
+        series: String,
+        tenant: String,
+        who: String,
+    },
+    #[error("the request has series for {count} tenants; this route takes at most {max}")]
+    TooManyTenants { count: usize, max: usize },
+}
+
+impl SplitError {
+    /// 403 for a tenant the caller may not write; 400 for the rest.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, SplitError::Forbidden { .. })
+    }
+}
+
+/// The tenant rules of one request: the route's, and who is calling.
+pub struct Policy<'a> {
+    pub tenancy: &'a LabelTenancy,
+    /// The authenticated caller, on a route that requires one: it writes only to its tenants.
+    pub caller: Option<&'a Identity>,
+}
+
+/// One tenant's part of a request, encoded (not compressed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Part {
+    pub tenant: TenantId,
+    pub body: Bytes,
+    pub series: usize,
+}
+
+/// `{__name__="up", job="x"}`, cut short: how a series is named in an error.
+fn describe<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut s = String::from("{");
+    for (i, (n, v)) in labels.enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        s.push_str(n);
+        s.push('=');
+        s.push_str(&format!("{v:?}"));
+        if s.len() > 200 {
+            s.truncate(200);
+            s.push_str("...");
+            break;
+        }
+    }
+    s.push('}');
+    s
+}
+
+impl Policy<'_> {
+    fn allowed(&self, t: &TenantId) -> bool {
+        let by_route = self
+            .tenancy
+            .allow
+            .as_ref()
+            .is_none_or(|a| a.iter().any(|x| x == t));
+        let by_caller = self
+            .caller
+            .is_none_or(|c| c.tenant.as_str().split('|').any(|m| m == t.as_str()));
+        by_route && by_caller
+    }
+
+    fn who(&self) -> String {
+        match self.caller {
+            Some(c) => format!("identity {:?}", &*c.name),
+            None => "this route".to_owned(),
+        }
+    }
+
+    /// The tenant of one series and the index of the label that named it (to remove).
+    fn tenant_of(&self, labels: &[(&str, &str)]) -> Result<(TenantId, Option<usize>), SplitError> {
+        let t = self.tenancy;
+        let named = t
+            .labels
+            .iter()
+            .find_map(|want| labels.iter().position(|(n, v)| n == want && !v.is_empty()));
+        let series = || describe(labels.iter().copied());
+        let Some(at) = named else {
+            let Some(default) = &t.default else {
+                return Err(SplitError::NoTenantLabel {
+                    series: series(),
+                    labels: t.labels.join(", "),
+                });
+            };
+            return self.checked(default.clone(), series).map(|d| (d, None));
+        };
+        let value = format!("{}{}", t.prefix, labels[at].1);
+        let tenant = TenantId::parse(&value).map_err(|e| SplitError::InvalidTenant {
+            series: series(),
+            value: value.clone(),
+            why: e.to_string(),
+        })?;
+        if self.allowed(&tenant) {
+            return Ok((tenant, Some(at)));
+        }
+        match &t.default {
+            Some(default) if t.forbidden_to_default => {
+                self.checked(default.clone(), series).map(|d| (d, None))
+            }
+            _ => Err(SplitError::Forbidden {
+                series: series(),
+                tenant: tenant.as_str().to_owned(),
+                who: self.who(),
+            }),
+        }
+    }
+
+    fn checked(
+        &self,
+        tenant: TenantId,
+        series: impl Fn() -> String,
+    ) -> Result<TenantId, SplitError> {
+        if self.allowed(&tenant) {
+            Ok(tenant)
+        } else {
+            Err(SplitError::Forbidden {
+                series: series(),
+                tenant: tenant.as_str().to_owned(),
+                who: self.who(),
+            })
+        }
+    }
+}
+
+/// Groups in first-seen order, so the parts (and tests) are deterministic.
+struct Groups<T> {
+    index: HashMap<TenantId, usize>,
+    groups: Vec<(TenantId, Vec<T>)>,
+    max: usize,
+}
+
+impl<T> Groups<T> {
+    fn new(max: usize) -> Self {
+        Groups {
+            index: HashMap::new(),
+            groups: Vec::new(),
+            max,
+        }
+    }
+
+    fn slot(&mut self, tenant: TenantId) -> Result<usize, SplitError> {
+        if let Some(i) = self.index.get(&tenant) {
+            return Ok(*i);
+        }
+        if self.groups.len() == self.max {
+            return Err(SplitError::TooManyTenants {
+                count: self.max + 1,
+                max: self.max,
+            });
+        }
+        self.index.insert(tenant.clone(), self.groups.len());
+        self.groups.push((tenant, Vec::new()));
+        Ok(self.groups.len() - 1)
+    }
+
+    fn push(&mut self, tenant: TenantId, item: T) -> Result<(), SplitError> {
+        let i = self.slot(tenant)?;
+        self.groups[i].1.push(item);
+        Ok(())
+    }
+}
+
+/// Whether series `name` belongs to metric family `family` (`x_bucket` to `x`, and so on).
+fn in_family(name: &str, family: &str) -> bool {
+    name == family
+        || name.strip_prefix(family).is_some_and(|rest| {
+            matches!(
+                rest,
+                "_bucket"
+                    | "_sum"
+                    | "_count"
+                    | "_total"
+                    | "_created"
+                    | "_info"
+                    | "_gcount"
+                    | "_gsum"
+            )
+        })
+}
+
+/// A Remote Write 1.0 `WriteRequest` with series already grouped, for encoding.
+#[derive(Clone, PartialEq, Message)]
+struct V1Part {
+    #[prost(message, repeated, tag = "1")]
+    timeseries: Vec<V1Series>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    metadata: Vec<Bytes>,
+}
+
+/// Splits a Remote Write 1.0 request (decompressed).
+pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
+    let req = V1Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
+    let mut groups: Groups<V1Series> = Groups::new(policy.tenancy.max_tenants);
+    for ts in req.timeseries {
+        let mut s = V1Series::decode(ts).map_err(|e| SplitError::Decode(e.to_string()))?;
+        let (tenant, at) = {
+            let labels: Vec<(&str, &str)> = s
+                .labels
+                .iter()
+                .map(|l| (l.name.as_str(), l.value.as_str()))
+                .collect();
+            policy.tenant_of(&labels)?
+        };
+        if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
+            s.labels.remove(at);
+        }
+        groups.push(tenant, s)?;
+    }
+    let mut metadata: Vec<Vec<Bytes>> = vec![Vec::new(); groups.groups.len()];
+    for md in req.metadata {
+        let family = V1MetadataName::decode(md.clone())
+            .map_err(|e| SplitError::Decode(e.to_string()))?
+            .metric_family_name;
+        let mut placed = false;
+        for (i, (_, series)) in groups.groups.iter().enumerate() {
+            let has = series.iter().any(|s| {
+                s.labels
+                    .iter()
+                    .any(|l| l.name == "__name__" && in_family(&l.value, &family))
+            });
+            if has {
+                metadata[i].push(md.clone());
+                placed = true;
+            }
+        }
+        if !placed && let Some(default) = &policy.tenancy.default {
+            let i = groups.slot(default.clone())?;
+            if i == metadata.len() {
+                metadata.push(Vec::new());
+            }
+            metadata[i].push(md);
+        }
+    }
+    Ok(groups
+        .groups
+        .into_iter()
+        .zip(metadata)
+        .map(|((tenant, timeseries), metadata)| Part {
+            series: timeseries.len(),
+            body: V1Part {
+                timeseries,
+                metadata,
+            }
+            .encode_to_vec()
+            .into(),
+            tenant,
+        })
+        .collect())
+}
+
+/// One tenant's Remote Write 2.0 part being built: its own symbol table.
+struct V2Builder {
+    symbols: Vec<String>,
+    refs: HashMap<u32, u32>,
+    timeseries: Vec<V2Series>,
+}
+
+impl V2Builder {
+    fn new() -> Self {
+        V2Builder {
+            // The spec: the first symbol is always the empty string.
+            symbols: vec![String::new()],
+            refs: HashMap::from([(0, 0)]),
+            timeseries: Vec::new(),
+        }
+    }
+
+    fn map(&mut self, old: u32, symbols: &[String]) -> u32 {
+        if let Some(r) = self.refs.get(&old) {
+            return *r;
+        }
+        let new = self.symbols.len() as u32;
+        self.symbols
+            .push(symbols.get(old as usize).cloned().unwrap_or_default());
+        self.refs.insert(old, new);
+        new
+    }
+}
+
+fn symbol(symbols: &[String], r: u32) -> Result<&str, SplitError> {
+    symbols
+        .get(r as usize)
+        .map(String::as_str)
+        .ok_or_else(|| SplitError::Decode(format!("symbol reference {r} is out of range")))
+}
+
+/// Splits a Remote Write 2.0 request (decompressed).
+pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
+    let req = V2Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
+    let symbols = req.symbols;
+    let mut index: HashMap<TenantId, usize> = HashMap::new();
+    let mut parts: Vec<(TenantId, V2Builder)> = Vec::new();
+    for mut ts in req.timeseries {
+        if ts.labels_refs.len() % 2 != 0 {
+            return Err(SplitError::Decode(
+                "a series has an odd number of label references".into(),
+            ));
+        }
+        let (tenant, at) = {
+            let labels = ts
+                .labels_refs
+                .chunks(2)
+                .map(|p| Ok((symbol(&symbols, p[0])?, symbol(&symbols, p[1])?)))
+                .collect::<Result<Vec<_>, SplitError>>()?;
+            policy.tenant_of(&labels)?
+        };
+        if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
+            ts.labels_refs.drain(2 * at..2 * at + 2);
+        }
+        let slot = match index.get(&tenant) {
+            Some(i) => *i,
+            None => {
+                if parts.len() == policy.tenancy.max_tenants {
+                    return Err(SplitError::TooManyTenants {
+                        count: parts.len() + 1,
+                        max: policy.tenancy.max_tenants,
+                    });
+                }
+                index.insert(tenant.clone(), parts.len());
+                parts.push((tenant, V2Builder::new()));
+                parts.len() - 1
+            }
+        };
+        let b = &mut parts[slot].1;
+        for r in ts.labels_refs.iter_mut() {
+            *r = b.map(*r, &symbols);
+        }
+        for e in &mut ts.exemplars {
+            for r in e.labels_refs.iter_mut() {
+                symbol(&symbols, *r)?;
+                *r = b.map(*r, &symbols);
+            }
+        }
+        if let Some(m) = &mut ts.metadata {
+            symbol(&symbols, m.help_ref)?;
+            symbol(&symbols, m.unit_ref)?;
+            m.help_ref = b.map(m.help_ref, &symbols);
+            m.unit_ref = b.map(m.unit_ref, &symbols);
+        }
+        b.timeseries.push(ts);
+    }
+    Ok(parts
+        .into_iter()
+        .map(|(tenant, b)| Part {
+            series: b.timeseries.len(),
+            body: V2Request {
+                symbols: b.symbols,
+                timeseries: b.timeseries,
+            }
+            .encode_to_vec()
+            .into(),
+            tenant,
+        })
+        .collect())
+}
+
+/// Label pairs of a v2 series, resolved (for tests and merging checks).
+pub fn v2_labels(symbols: &[String], refs: &[u32]) -> Vec<Label> {
+    refs.chunks(2)
+        .map(|p| Label {
+            name: symbols.get(p[0] as usize).cloned().unwrap_or_default(),
+            value: symbols
+                .get(*p.get(1).unwrap_or(&0) as usize)
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+#[path = "split_tests.rs"]
+mod tests;
