@@ -636,6 +636,13 @@ async fn run_case(seed: u64, dir: &std::path::Path) -> Outcome {
         "{}",
         ctx(&format!("{r:#}"))
     );
+    // Each series counted once, however many slabs it spans.
+    let written = r["total"]["series_written"].as_u64().unwrap_or(u64::MAX);
+    assert!(
+        written <= case.wanted.len() as u64,
+        "{}",
+        ctx(&format!("{r:#}"))
+    );
 
     // Exactly the union: everything the destination held, and the source's range, nothing else.
     let (dest, accepted, conflicts) =

@@ -54,6 +54,8 @@ pub(super) struct Migration {
     pub(super) max_request_samples: usize,
     /// Hashes of the label sets read, so the report counts each series once, not per slab.
     pub(super) distinct_series: std::collections::HashSet<u64>,
+    /// The same for series with at least one sample written, for the report's total.
+    pub(super) distinct_written: std::collections::HashSet<u64>,
 }
 
 /// A label set's hash, to count distinct series without keeping their labels.
@@ -89,6 +91,7 @@ impl Migration {
             pacer: super::write::Pacer::new(args.max_samples_per_second),
             max_request_samples: usize::MAX,
             distinct_series: std::collections::HashSet::new(),
+            distinct_written: std::collections::HashSet::new(),
         }
     }
 
@@ -122,6 +125,7 @@ impl Migration {
         }
         self.report.completed_through = format_rfc3339(self.completed);
         self.report.total.series_read = self.distinct_series.len() as u64;
+        self.report.total.series_written = self.distinct_written.len() as u64;
         self.report.duration_ms = began.elapsed().as_millis() as u64;
         let secs = began.elapsed().as_secs_f64();
         if secs > 0.0 {

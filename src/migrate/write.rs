@@ -208,6 +208,10 @@ impl Migration {
                 .await?;
         }
         slab.series_written = accepted.iter().filter(|a| **a).count() as u64;
+        for (s, _) in series.iter().zip(&accepted).filter(|(_, a)| **a) {
+            self.distinct_written
+                .insert(super::engine::labels_hash(&s.labels));
+        }
         if self.already.ends_by(range.end) {
             self.already = super::resume::AlreadyWritten::default();
         }
