@@ -24,7 +24,7 @@ use crate::forward::{self, Upstream, headers};
 use crate::promapi::EmulatedEndpoint;
 use crate::route::{RouteMatch, RouteTable, normalize_path};
 use crate::telemetry::{Exchange, Metered, Metrics, Refusal};
-use crate::tenant::{TenantError, TenantSource};
+use crate::tenant::{TenantError, TenantOrigin, TenantSource};
 use crate::tls::PeerNames;
 
 /// The body of every response tenantgate sends.
@@ -305,6 +305,45 @@ impl App {
             .get::<ConnInfo>()
             .cloned()
             .unwrap_or_default();
+        if let TenantSource::Label(tenancy) = &route.tenant {
+            // One request per tenant named by the series' labels (crate::push).
+            let caller = tenancy
+                .caller(
+                    req.headers(),
+                    conn.peer.as_deref(),
+                    conn.remote.ip(),
+                    &rt.config.identities,
+                )
+                .await
+                .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics()))?;
+            ex.tenant = Some(label_tenant());
+            ex.tenant_origin = Some(TenantOrigin::Label.as_str());
+            ex.identity = caller.as_ref().map(|c| c.name.clone());
+            let upstream = rt.upstreams.get(&route.upstream).cloned().ok_or_else(|| {
+                ProxyError::Internal(format!(
+                    "route {} has no upstream {}",
+                    route.name, route.upstream
+                ))
+            })?;
+            ex.upstream = Some(route.upstream.clone());
+            let target = route.rewrite.apply(&path).into_owned();
+            let seen = ex.count_request_bytes();
+            let incoming = crate::push::serve::Incoming {
+                request: req,
+                target: &target,
+                client: conn.remote.ip(),
+                tls: conn.tls,
+            };
+            return crate::push::serve::serve(
+                &route,
+                &upstream,
+                tenancy,
+                caller.as_deref(),
+                incoming,
+                &seen,
+            )
+            .await;
+        }
         let resolved = route
             .tenant
             .resolve(
@@ -377,6 +416,13 @@ impl App {
         let body = forward::upstream_body(body, route.max_request_body, ex.count_request_bytes());
         upstream.send(Request::from_parts(parts, body)).await
     }
+}
+
+/// The tenant label of requests split by series labels: tenants named by data are never metric
+/// labels (their number is not bounded by the config).
+fn label_tenant() -> Arc<str> {
+    static LABEL: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    LABEL.get_or_init(|| Arc::from("(by label)")).clone()
 }
 
 /// Maps a tenant failure to its response, with `WWW-Authenticate` challenges for the credential
@@ -483,6 +529,56 @@ mod tests {
             line(&app).as_deref(),
             Some("tenantgate_requests_in_flight_limit 7"),
             "the semaphore keeps its start size, so the gauge must too"
+        );
+    }
+
+    #[test]
+    fn queued_credential_checks_and_throttled_logins_are_counted_as_refusals() {
+        use crate::auth::AuthError;
+        let metrics = Metrics::new();
+        let source = TenantSource::Identity {
+            allowed: None,
+            federation: false,
+        };
+        let ids = Identities::default();
+        let refused = |m: &Metrics, reason: &str| {
+            let prefix = format!("tenantgate_requests_refused_total{{reason=\"{reason}\"}} ");
+            m.encode_text()
+                .lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_owned))
+        };
+        let busy = tenant_error(
+            TenantError::Unauthenticated(AuthError::Busy),
+            &source,
+            &ids,
+            &metrics,
+        );
+        assert_eq!(busy.status().0, http::StatusCode::SERVICE_UNAVAILABLE);
+        let throttled = tenant_error(
+            TenantError::Unauthenticated(AuthError::Throttled(std::time::Duration::from_secs(3))),
+            &source,
+            &ids,
+            &metrics,
+        );
+        assert_eq!(throttled.status().0, http::StatusCode::TOO_MANY_REQUESTS);
+        let _ = tenant_error(
+            TenantError::Unauthenticated(AuthError::Invalid),
+            &source,
+            &ids,
+            &metrics,
+        );
+        assert_eq!(
+            refused(&metrics, "credential_check_queue").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            refused(&metrics, "failed_login_limit").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            refused(&metrics, "in_flight_limit").as_deref(),
+            Some("0"),
+            "a wrong password is no refusal"
         );
     }
 

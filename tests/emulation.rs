@@ -81,6 +81,58 @@ async fn admin_listener_serves_health_readiness_and_metrics() {
 }
 
 #[tokio::test]
+async fn only_a_successful_get_of_status_config_moves_the_sidecar_gauge() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let admin = gate.admin.expect("admin listener");
+    let last_seen = || async move {
+        let (_, _, body) = get(&format!("http://{admin}/metrics")).await;
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(
+                    r#"tenantgate_sidecar_last_seen_timestamp_seconds{route="sidecar"} "#,
+                )
+            })
+            .map(str::to_owned)
+    };
+    let config = gate.url("/prometheus/api/v1/status/config");
+    let not_reads = || async {
+        let post = http::Request::post(&config).body(empty()).unwrap();
+        assert_eq!(send(post).await.0, 405, "POST status/config");
+        let head = http::Request::head(&config).body(empty()).unwrap();
+        assert_eq!(send(head).await.0, 200, "HEAD status/config");
+    };
+
+    not_reads().await;
+    assert_eq!(
+        last_seen().await,
+        None,
+        "a POST (405) or a HEAD of status/config is no sidecar reading it"
+    );
+    assert_eq!(get(&config).await.0, 200);
+    let seen = last_seen()
+        .await
+        .expect("a GET of status/config sets the gauge");
+    // The gauge has millisecond resolution: anything that moved it would show.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    not_reads().await;
+    assert_eq!(
+        last_seen().await.as_deref(),
+        Some(seen.as_str()),
+        "a POST (405) or a HEAD moved the gauge"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert_eq!(get(&config).await.0, 200);
+    let again = last_seen().await.unwrap();
+    assert!(
+        again.parse::<f64>().unwrap() > seen.parse::<f64>().unwrap(),
+        "the next GET did not move the gauge: {seen} then {again}"
+    );
+}
+
+#[tokio::test]
 async fn readiness_goes_false_while_draining() {
     let up = Upstream::start().await;
     let gate = Gate::start(SIDECAR, &up.url()).await;

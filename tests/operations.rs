@@ -422,6 +422,19 @@ async fn requests_beyond_max_requests_in_flight_get_503_with_retry_after() {
     assert_eq!(status, 503);
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(json(&body)["errorType"], "unavailable");
+    // The refusal is counted under its reason; the limit is exported beside it.
+    let (_, text) = admin_get(&gate, "/metrics").await;
+    for line in [
+        r#"tenantgate_requests_refused_total{reason="in_flight_limit"} 1"#,
+        r#"tenantgate_requests_refused_total{reason="credential_check_queue"} 0"#,
+        r#"tenantgate_requests_refused_total{reason="failed_login_limit"} 0"#,
+        "tenantgate_requests_in_flight_limit 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in:\n{text}"
+        );
+    }
     a.into_body().collect().await.unwrap();
     b.into_body().collect().await.unwrap();
     assert_eq!(get(&gate.url("/prometheus/api/v1/labels")).await.0, 200);

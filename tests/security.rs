@@ -723,4 +723,10 @@ async fn a_flood_of_wrong_passwords_from_one_address_gets_429_while_known_users_
         push("127.0.0.6", "prom-writer:wrong".into()).await.status,
         401
     );
+    // The one 429 is counted as a refusal, under its reason.
+    let admin = s.gate.admin.expect("admin listener");
+    let (_, _, body) = get(&format!("http://{admin}/metrics")).await;
+    let text = String::from_utf8_lossy(&body);
+    let line = r#"tenantgate_requests_refused_total{reason="failed_login_limit"} 1"#;
+    assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
 }
