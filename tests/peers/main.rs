@@ -15,6 +15,7 @@ mod rig;
 
 mod auth;
 mod migrate;
+mod split;
 mod tools;
 mod topology;
 mod writes;

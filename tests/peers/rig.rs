@@ -153,6 +153,17 @@ impl Peer {
 /// Cortex, single process (`-target=all`), with authentication on: it reads `X-Scope-OrgID`
 /// exactly as Mimir does. Rings in memory, blocks on the local disk, gossip off.
 pub async fn cortex(peers: &Peers, http: &Http, dir: &Path, extra: &str) -> Result<Peer, String> {
+    cortex_with(peers, http, dir, extra, &[]).await
+}
+
+/// [`cortex`] with extra command-line flags.
+pub async fn cortex_with(
+    peers: &Peers,
+    http: &Http,
+    dir: &Path,
+    extra: &str,
+    flags: &[&str],
+) -> Result<Peer, String> {
     let data = dir.join("cortex");
     for sub in ["alerts", "rules", "rules-tmp"] {
         std::fs::create_dir_all(data.join(sub)).map_err(|e| e.to_string())?;
@@ -236,6 +247,7 @@ alertmanager_storage:
             let _ = std::fs::write(&file, config(ports));
             let mut cmd = Command::new(&peers.cortex);
             cmd.arg(format!("-config.file={}", file.display()));
+            cmd.args(flags);
             cmd
         },
         |ports| format!("http://127.0.0.1:{}/ready", ports[0]),
