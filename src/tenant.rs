@@ -168,6 +168,8 @@ pub enum TenantSource {
 pub struct LabelTenancy {
     /// The labels that name the tenant: the first one a series has wins, in this order.
     pub labels: Vec<String>,
+    /// The same for OTLP: resource attributes (string values), e.g. `service.namespace`.
+    pub attributes: Vec<String>,
     /// For series with none of them (and, with `forbidden_to_default`, for series naming a
     /// tenant they may not write); without one such a request is refused.
     pub default: Option<TenantId>,

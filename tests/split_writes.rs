@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prost::Message;
 
-use common::{Gate, bytes, send};
+use common::{Gate, bytes, otlp, send};
 use tenantgate::migrate::wire::{Label, snappy, unsnappy};
 use tenantgate::push::wire::{V1Request, V1Series, V2Request, V2Series};
 
@@ -48,9 +48,30 @@ async fn record(
         .map(|v| v.to_str().unwrap().to_owned())
         .collect();
     let content_type = req.headers()["content-type"].to_str().unwrap().to_owned();
+    let otlp = req.uri().path().contains("/otlp/");
+    let gzip = req
+        .headers()
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip");
     let body = req.into_body().collect().await?.to_bytes();
-    let raw = Bytes::from(unsnappy(&body, 64 << 20).unwrap());
-    let series = if content_type.contains("v2") {
+    let series = if otlp {
+        let raw = if gzip {
+            tenantgate::push::otlp::gunzip(&body, 64 << 20)
+                .unwrap()
+                .unwrap()
+        } else {
+            body.to_vec()
+        };
+        otlp::resources(&raw)
+    } else {
+        decode_rw(&content_type, &body)
+    };
+    record_part(parts, plan, tenants, series, content_type)
+}
+
+fn decode_rw(content_type: &str, body: &[u8]) -> Vec<Vec<(String, String)>> {
+    let raw = Bytes::from(unsnappy(body, 64 << 20).unwrap());
+    if content_type.contains("v2") {
         let r = V2Request::decode(raw).unwrap();
         r.timeseries
             .iter()
@@ -80,7 +101,16 @@ async fn record(
                     .collect()
             })
             .collect()
-    };
+    }
+}
+
+fn record_part(
+    parts: Arc<Mutex<Vec<Part>>>,
+    plan: Arc<Mutex<Plan>>,
+    tenants: Vec<String>,
+    series: Vec<Vec<(String, String)>>,
+    content_type: String,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
     let (status, headers) = plan
         .lock()
         .unwrap()
@@ -485,4 +515,93 @@ routes:
     );
     assert!(up.take().is_empty());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn otlp_is_split_by_a_resource_attribute_gzip_or_not() {
+    let up = Recorder::start().await;
+    let yaml = r#"
+server: { listen: 127.0.0.1:0 }
+upstreams: { mimir: { url: "{UPSTREAM}" } }
+routes:
+  - name: otlp
+    match: { path: /otlp/v1/metrics }
+    upstream: mimir
+    tenant: { from: label, attributes: [service.namespace], default: shared, allow: [team-a, team-b, shared] }
+"#;
+    let gate = Gate::start(yaml, &up.url()).await;
+    let body = otlp::export(
+        &[
+            (Some("team-a"), "m1"),
+            (Some("team-b"), "m2"),
+            (None, "m3"),
+            (Some("team-a"), "m4"),
+        ],
+        1_700_000_000_000,
+    );
+    for gzip in [false, true] {
+        let (payload, encoding) = if gzip {
+            (tenantgate::push::otlp::gzip(&body).unwrap(), "gzip")
+        } else {
+            (body.clone(), "identity")
+        };
+        let (s, h, text) = send(
+            Request::post(gate.url("/otlp/v1/metrics"))
+                .header("content-type", "application/x-protobuf")
+                .header("content-encoding", encoding)
+                .body(bytes(payload))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 204, "{}", String::from_utf8_lossy(&text));
+        assert_eq!(h["content-type"], "application/x-protobuf");
+        let parts = up.take();
+        let got: Vec<(Vec<String>, Vec<String>)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p.tenants.clone(),
+                    p.series
+                        .iter()
+                        .flat_map(|r| {
+                            r.iter()
+                                .filter(|(k, _)| k == "metric")
+                                .map(|(_, v)| v.clone())
+                        })
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (vec!["shared".to_owned()], vec!["m3".to_owned()]),
+                (
+                    vec!["team-a".to_owned()],
+                    vec!["m1".to_owned(), "m4".to_owned()]
+                ),
+                (vec!["team-b".to_owned()], vec!["m2".to_owned()]),
+            ],
+            "gzip {gzip}"
+        );
+    }
+    // OTLP senders retry only 429, 502, 503 and 504: a 500 of one part is answered 503.
+    up.answer("team-b", 500, vec![]);
+    let (s, _, _) = send(
+        Request::post(gate.url("/otlp/v1/metrics"))
+            .header("content-type", "application/x-protobuf")
+            .body(bytes(body.clone()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 503);
+    // OTLP/JSON is not split.
+    let (s, _, _) = send(
+        Request::post(gate.url("/otlp/v1/metrics"))
+            .header("content-type", "application/json")
+            .body(bytes("{}"))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 415);
 }

@@ -18,6 +18,7 @@ const MAX_MAX_TENANTS: usize = 1000;
 /// Whether a `from: identity` or `from: header` map carries keys of `from: label`.
 pub(super) fn has_label_keys(src: &RawTenantSource) -> bool {
     src.labels.is_some()
+        || src.attributes.is_some()
         || src.default.is_some()
         || src.remove_label
         || src.prefix.is_some()
@@ -54,12 +55,24 @@ pub(super) fn label_source(
         );
     }
     let labels = src.labels.clone().unwrap_or_default();
-    if labels.is_empty() {
+    let attributes = src.attributes.clone().unwrap_or_default();
+    if labels.is_empty() && attributes.is_empty() {
         bad(
             errs,
             format!("{key}.labels"),
-            "`from: label` needs the labels that name the tenant, e.g. [team, namespace]".into(),
+            "`from: label` needs the labels that name the tenant, e.g. [team, namespace] (or, \
+             for OTLP, the resource attributes, e.g. attributes: [service.namespace])"
+                .into(),
         );
+    }
+    for a in &attributes {
+        if a.is_empty() || a.chars().any(char::is_whitespace) {
+            bad(
+                errs,
+                format!("{key}.attributes"),
+                format!("{a:?} is not a resource attribute name"),
+            );
+        }
     }
     for l in &labels {
         if !label_name(l) || l == "__name__" {
@@ -159,6 +172,7 @@ pub(super) fn label_source(
     ok.then(|| {
         TenantSource::Label(Arc::new(LabelTenancy {
             labels,
+            attributes,
             default,
             remove_label: src.remove_label,
             prefix,

@@ -271,6 +271,8 @@ pub struct RawTenantSource {
     pub aliases: Option<BTreeMap<String, String>>,
     /// `from: label`: the series labels that name the tenant, first present wins.
     pub labels: Option<Vec<String>>,
+    /// `from: label`: for OTLP, the resource attributes that name the tenant.
+    pub attributes: Option<Vec<String>>,
     /// `from: label`: the tenant of series without those labels.
     pub default: Option<String>,
     /// `from: label`: remove the label that named the tenant.

@@ -192,6 +192,13 @@ pub fn merge(answers: &[Answer], otlp: bool, now_ms: i64) -> Response<ProxyBody>
         .map_or(StatusCode::NO_CONTENT, Answer::status);
     let mut resp = Response::new(ProxyBody::full(Bytes::new()));
     *resp.status_mut() = status;
+    if otlp {
+        // An empty ExportMetricsServiceResponse: no partial success to report.
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/x-protobuf"),
+        );
+    }
     for name in WRITTEN_HEADERS {
         let counts: Option<Vec<u64>> = answers.iter().map(|a| a.written(name)).collect();
         if let Some(counts) = counts {

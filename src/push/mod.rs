@@ -3,6 +3,7 @@
 //! sender the truth about retrying.
 
 pub mod merge;
+pub mod otlp;
 pub mod serve;
 pub mod split;
 pub mod wire;

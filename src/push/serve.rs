@@ -10,6 +10,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
 
 use super::merge::{self, Answer, Outcome};
+use super::otlp;
 use super::split::{self, Part, Policy, SplitError};
 use super::wire::Version;
 use crate::auth::Identity;
@@ -22,6 +23,13 @@ use crate::tenant::LabelTenancy;
 
 /// Bytes of each part's answer kept (its error message).
 const ANSWER_BYTES: usize = 4096;
+
+/// What a request carries, and how it is compressed.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    RemoteWrite(Version),
+    Otlp { gzip: bool },
+}
 
 /// Everything about the request the parts are sent with.
 pub struct Incoming<'a, B> {
@@ -76,35 +84,63 @@ where
         return Err(ProxyError::MethodNotAllowed(request.method().to_string()));
     }
     let otlp = target.contains("/otlp/");
-    if otlp {
-        return Err(ProxyError::UnsupportedMediaType(
-            "this route splits Prometheus remote write by series labels; OTLP is not split here"
-                .into(),
-        ));
-    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let version = Version::of(content_type).ok_or_else(|| {
-        ProxyError::UnsupportedMediaType(format!(
-            "Content-Type {content_type:?}: remote write is application/x-protobuf, with \
-             proto=prometheus.WriteRequest (1.0) or proto=io.prometheus.write.v2.Request (2.0)"
-        ))
-    })?;
-    let snappy_encoded = request
+    let encoding = request
         .headers()
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"snappy"));
-    if !snappy_encoded {
-        return Err(ProxyError::UnsupportedMediaType(
-            "remote write bodies are snappy-compressed (Content-Encoding: snappy)".into(),
-        ));
-    }
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let kind = if otlp {
+        if !content_type
+            .split(';')
+            .next()
+            .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-protobuf"))
+        {
+            return Err(ProxyError::UnsupportedMediaType(format!(
+                "Content-Type {content_type:?}: OTLP is split from protobuf \
+                 (application/x-protobuf) only, not JSON"
+            )));
+        }
+        if tenancy.attributes.is_empty() {
+            return Err(ProxyError::UnsupportedMediaType(
+                "this route names no resource attributes (tenant.attributes), so it cannot split OTLP"
+                    .into(),
+            ));
+        }
+        Kind::Otlp {
+            gzip: match encoding.as_str() {
+                "gzip" => true,
+                "" | "identity" => false,
+                other => {
+                    return Err(ProxyError::UnsupportedMediaType(format!(
+                        "Content-Encoding {other:?}: OTLP bodies are gzip or not compressed"
+                    )));
+                }
+            },
+        }
+    } else {
+        let version = Version::of(content_type).ok_or_else(|| {
+            ProxyError::UnsupportedMediaType(format!(
+                "Content-Type {content_type:?}: remote write is application/x-protobuf, with \
+                 proto=prometheus.WriteRequest (1.0) or proto=io.prometheus.write.v2.Request (2.0)"
+            ))
+        })?;
+        if encoding != "snappy" {
+            return Err(ProxyError::UnsupportedMediaType(
+                "remote write bodies are snappy-compressed (Content-Encoding: snappy)".into(),
+            ));
+        }
+        Kind::RemoteWrite(version)
+    };
     let limit = route.max_request_body;
+    let max = usize::try_from(limit).unwrap_or(usize::MAX);
     let (parts, body) = request.into_parts();
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+    let body = Limited::new(body, max)
         .collect()
         .await
         .map_err(|e| {
@@ -118,22 +154,30 @@ where
         })?
         .to_bytes();
     seen_bytes.store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    // The snappy header states the decoded size: refused before anything is inflated.
-    let raw =
-        unsnappy(&body, usize::try_from(limit).unwrap_or(usize::MAX)).map_err(|e| match e {
+    let raw = match kind {
+        // The snappy header states the decoded size: refused before anything is inflated.
+        Kind::RemoteWrite(_) => Bytes::from(unsnappy(&body, max).map_err(|e| match e {
             Unsnappy::TooBig(_) => ProxyError::BodyTooLarge { limit },
             Unsnappy::Bad(e) => ProxyError::BadWrite(format!("the body is not snappy: {e}")),
-        })?;
+        })?),
+        Kind::Otlp { gzip: true } => Bytes::from(
+            otlp::gunzip(&body, max)
+                .map_err(ProxyError::BadWrite)?
+                .ok_or(ProxyError::BodyTooLarge { limit })?,
+        ),
+        Kind::Otlp { gzip: false } => body.clone(),
+    };
     drop(body);
     let policy = Policy { tenancy, caller };
-    let split = match version {
-        Version::V1 => split::split_v1(Bytes::from(raw), &policy),
-        Version::V2 => split::split_v2(Bytes::from(raw), &policy),
+    let split = match kind {
+        Kind::RemoteWrite(Version::V1) => split::split_v1(raw, &policy),
+        Kind::RemoteWrite(Version::V2) => split::split_v2(raw, &policy),
+        Kind::Otlp { .. } => otlp::split(raw, &policy, &tenancy.attributes),
     }
     .map_err(refused)?;
     let uri = upstream.uri_for(target, parts.uri.query())?;
     let common = part_headers(&parts.headers, route, client, tls);
-    let answers = send_all(upstream, &uri, &common, split).await?;
+    let answers = send_all(upstream, &uri, &common, split, kind).await?;
     Ok(merge::merge(&answers, otlp, crate::time::now_millis()))
 }
 
@@ -143,10 +187,16 @@ async fn send_all(
     uri: &http::Uri,
     common: &HeaderMap,
     parts: Vec<Part>,
+    kind: Kind,
 ) -> Result<Vec<Answer>, ProxyError> {
     let mut tasks = Vec::with_capacity(parts.len());
     for part in parts {
-        let body = snappy(&part.body).map_err(ProxyError::Internal)?;
+        // Compressed as the sender compressed it (its Content-Encoding goes along).
+        let body = match kind {
+            Kind::RemoteWrite(_) => snappy(&part.body).map_err(ProxyError::Internal)?,
+            Kind::Otlp { gzip: true } => otlp::gzip(&part.body).map_err(ProxyError::Internal)?,
+            Kind::Otlp { gzip: false } => part.body.to_vec(),
+        };
         let mut req = Request::new(
             Full::new(Bytes::from(body))
                 .map_err(|e| match e {})

@@ -103,9 +103,18 @@ impl Policy<'_> {
 
     /// The tenant of one series and the index of the label that named it (to remove).
     fn tenant_of(&self, labels: &[(&str, &str)]) -> Result<(TenantId, Option<usize>), SplitError> {
+        self.tenant_of_names(labels, &self.tenancy.labels)
+    }
+
+    /// The same, naming the tenant by the first of `names` present (labels, or OTLP resource
+    /// attributes).
+    pub(super) fn tenant_of_names(
+        &self,
+        labels: &[(&str, &str)],
+        names: &[String],
+    ) -> Result<(TenantId, Option<usize>), SplitError> {
         let t = self.tenancy;
-        let named = t
-            .labels
+        let named = names
             .iter()
             .find_map(|want| labels.iter().position(|(n, v)| n == want && !v.is_empty()));
         let series = || describe(labels.iter().copied());
@@ -113,7 +122,7 @@ impl Policy<'_> {
             let Some(default) = &t.default else {
                 return Err(SplitError::NoTenantLabel {
                     series: series(),
-                    labels: t.labels.join(", "),
+                    labels: names.join(", "),
                 });
             };
             return self.checked(default.clone(), series).map(|d| (d, None));

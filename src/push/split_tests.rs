@@ -8,6 +8,7 @@ use crate::push::wire::{V2Exemplar, V2Metadata};
 fn tenancy(labels: &[&str], default: Option<&str>, allow: Option<&[&str]>) -> LabelTenancy {
     LabelTenancy {
         labels: labels.iter().map(|s| s.to_string()).collect(),
+        attributes: vec![],
         default: default.map(|d| TenantId::parse(d).unwrap()),
         remove_label: false,
         prefix: String::new(),

@@ -1,6 +1,7 @@
 //! Shared pieces of the loopback tests: a recording upstream, a running tenantgate, clients.
 #![allow(dead_code)]
 
+pub mod otlp;
 pub mod pki;
 
 use std::convert::Infallible;

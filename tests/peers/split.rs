@@ -3,10 +3,13 @@
 //! series land in that team's Cortex tenant, exactly, queried back per tenant. A tenant over its
 //! Cortex ingestion limit makes the merged answer retryable (429), while the other tenants'
 //! samples land; a series naming a tenant the route does not allow is refused and nothing lands.
+//! OTLP metrics of two namespaces, gzip-compressed as collectors send them, land in two tenants
+//! through Cortex's OTLP endpoint.
 
 use bytes::Bytes;
 use prost::Message;
 
+use crate::common::otlp;
 use crate::harness::{Http, Prometheus, TempDir, TenantGate};
 use crate::rig::{self, Peers};
 use crate::{instant, until};
@@ -25,6 +28,11 @@ routes:
     match: {{ path: /api/v1/push }}
     upstream: cortex
     tenant: {{ from: label, labels: [team], allow: [team-a, team-b, team-c, limited] }}
+  - name: otlp
+    match: {{ path: /otlp/v1/metrics }}
+    upstream: cortex
+    rewrite: {{ path: /api/v1/otlp/v1/metrics }}
+    tenant: {{ from: label, attributes: [service.namespace], allow: [team-a, team-b] }}
 "#
     )
 }
@@ -234,4 +242,64 @@ async fn a_tenant_over_its_cortex_limit_makes_the_answer_retryable_and_a_foreign
         got.is_empty(),
         "team-b's series of a refused batch landed: {got:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_of_two_namespaces_lands_in_two_cortex_tenants() {
+    let Some(peers) = Peers::require("label_split_otlp") else {
+        return;
+    };
+    let dir = TempDir::new("peers-split-otlp").expect("temp dir");
+    let http = Http::new();
+    let cortex = rig::cortex(&peers, &http, dir.path(), "")
+        .await
+        .expect("start Cortex");
+    let gate = TenantGate::start(&gate_config(&cortex.url()))
+        .await
+        .expect("start tenantgate");
+    let body = otlp::export(
+        &[
+            (Some("team-a"), "split_otlp_a"),
+            (Some("team-b"), "split_otlp_b"),
+        ],
+        tenantgate::time::now_millis(),
+    );
+    let gz = tenantgate::push::otlp::gzip(&body).expect("gzip");
+    let answer = http
+        .post(
+            &gate.url("/otlp/v1/metrics"),
+            &[
+                ("content-type", "application/x-protobuf"),
+                ("content-encoding", "gzip"),
+            ],
+            gz,
+        )
+        .await
+        .expect("post OTLP");
+    assert!(
+        answer.status.is_success(),
+        "{} {}",
+        answer.status,
+        answer.text()
+    );
+    let base = format!("{}/prometheus", cortex.url());
+    for (tenant, own, other) in [
+        ("team-a", "split_otlp_a", "split_otlp_b"),
+        ("team-b", "split_otlp_b", "split_otlp_a"),
+    ] {
+        until(
+            &format!("{tenant}'s OTLP metric in its tenant only"),
+            60,
+            || async {
+                let mine = instant(&http, &base, own, &[("X-Scope-OrgID", tenant)]).await?;
+                let foreign = instant(&http, &base, other, &[("X-Scope-OrgID", tenant)]).await?;
+                match (mine.len(), foreign.len()) {
+                    (1, 0) => Ok(()),
+                    _ => Err(format!("own {mine:?}, foreign {foreign:?}")),
+                }
+            },
+        )
+        .await
+        .expect("OTLP split into tenants");
+    }
 }
