@@ -251,7 +251,7 @@ pub struct RawPrometheus {
 #[derive(Debug)]
 pub enum RawTenant {
     Fixed(String),
-    Source(RawTenantSource),
+    Source(Box<RawTenantSource>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,7 +302,7 @@ impl<'de> Deserialize<'de> for RawTenant {
             }
             fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawTenant, A::Error> {
                 RawTenantSource::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(RawTenant::Source)
+                    .map(|s| RawTenant::Source(Box::new(s)))
             }
         }
         d.deserialize_any(V)
