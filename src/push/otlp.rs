@@ -2,14 +2,12 @@
 //! `ResourceMetrics` goes whole to the tenant its resource names, as the sender encoded it (the
 //! resource, its scopes and their metrics are not re-encoded, so nothing of them is lost).
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use bytes::Bytes;
 use prost::Message;
 
-use super::split::{Part, Policy, SplitError};
-use crate::tenant::TenantId;
+use super::split::{Groups, Part, Policy, SplitError};
 
 /// `ExportMetricsServiceRequest` with each `ResourceMetrics` kept encoded.
 #[derive(Clone, PartialEq, Message)]
@@ -70,8 +68,7 @@ pub fn split(
     attributes: &[String],
 ) -> Result<Vec<Part>, SplitError> {
     let req = Export::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
-    let mut index: HashMap<TenantId, usize> = HashMap::new();
-    let mut parts: Vec<(TenantId, Vec<Bytes>)> = Vec::new();
+    let mut groups: Groups<Vec<Bytes>> = Groups::new(policy.tenancy.max_tenants);
     for rm in req.resource_metrics {
         let resource = ResourceOnly::decode(rm.clone())
             .map_err(|e| SplitError::Decode(e.to_string()))?
@@ -86,23 +83,10 @@ pub fn split(
             })
             .collect();
         let (tenant, _) = policy.tenant_of_names(&pairs, attributes)?;
-        let slot = match index.get(&tenant) {
-            Some(i) => *i,
-            None => {
-                if parts.len() == policy.tenancy.max_tenants {
-                    return Err(SplitError::TooManyTenants {
-                        count: parts.len() + 1,
-                        max: policy.tenancy.max_tenants,
-                    });
-                }
-                index.insert(tenant.clone(), parts.len());
-                parts.push((tenant, Vec::new()));
-                parts.len() - 1
-            }
-        };
-        parts[slot].1.push(rm);
+        groups.slot(tenant)?.push(rm);
     }
-    Ok(parts
+    Ok(groups
+        .groups
         .into_iter()
         .map(|(tenant, resource_metrics)| Part {
             series: resource_metrics.len(),

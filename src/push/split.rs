@@ -165,15 +165,16 @@ impl Policy<'_> {
     }
 }
 
-/// Groups in first-seen order, so the parts (and tests) are deterministic.
-struct Groups<T> {
+/// One group per tenant, in first-seen order (so the parts, and tests, are deterministic), at
+/// most `max` of them.
+pub(super) struct Groups<G> {
     index: HashMap<TenantId, usize>,
-    groups: Vec<(TenantId, Vec<T>)>,
+    pub(super) groups: Vec<(TenantId, G)>,
     max: usize,
 }
 
-impl<T> Groups<T> {
-    fn new(max: usize) -> Self {
+impl<G: Default> Groups<G> {
+    pub(super) fn new(max: usize) -> Self {
         Groups {
             index: HashMap::new(),
             groups: Vec::new(),
@@ -181,25 +182,23 @@ impl<T> Groups<T> {
         }
     }
 
-    fn slot(&mut self, tenant: TenantId) -> Result<usize, SplitError> {
-        if let Some(i) = self.index.get(&tenant) {
-            return Ok(*i);
-        }
-        if self.groups.len() == self.max {
-            return Err(SplitError::TooManyTenants {
-                count: self.max + 1,
-                max: self.max,
-            });
-        }
-        self.index.insert(tenant.clone(), self.groups.len());
-        self.groups.push((tenant, Vec::new()));
-        Ok(self.groups.len() - 1)
-    }
-
-    fn push(&mut self, tenant: TenantId, item: T) -> Result<(), SplitError> {
-        let i = self.slot(tenant)?;
-        self.groups[i].1.push(item);
-        Ok(())
+    /// The group of `tenant`, made if new.
+    pub(super) fn slot(&mut self, tenant: TenantId) -> Result<&mut G, SplitError> {
+        let i = match self.index.get(&tenant) {
+            Some(i) => *i,
+            None => {
+                if self.groups.len() == self.max {
+                    return Err(SplitError::TooManyTenants {
+                        count: self.max + 1,
+                        max: self.max,
+                    });
+                }
+                self.index.insert(tenant.clone(), self.groups.len());
+                self.groups.push((tenant, G::default()));
+                self.groups.len() - 1
+            }
+        };
+        Ok(&mut self.groups[i].1)
     }
 }
 
@@ -233,7 +232,7 @@ struct V1Part {
 /// Splits a Remote Write 1.0 request (decompressed).
 pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
     let req = V1Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
-    let mut groups: Groups<V1Series> = Groups::new(policy.tenancy.max_tenants);
+    let mut groups: Groups<Vec<V1Series>> = Groups::new(policy.tenancy.max_tenants);
     for ts in req.timeseries {
         let mut s = V1Series::decode(ts).map_err(|e| SplitError::Decode(e.to_string()))?;
         let (tenant, at) = {
@@ -247,7 +246,7 @@ pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
         if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
             s.labels.remove(at);
         }
-        groups.push(tenant, s)?;
+        groups.slot(tenant)?.push(s);
     }
     let mut metadata: Vec<Vec<Bytes>> = vec![Vec::new(); groups.groups.len()];
     for md in req.metadata {
@@ -267,11 +266,11 @@ pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
             }
         }
         if !placed && let Some(default) = &policy.tenancy.default {
-            let i = groups.slot(default.clone())?;
-            if i == metadata.len() {
-                metadata.push(Vec::new());
+            groups.slot(default.clone())?;
+            metadata.resize(groups.groups.len(), Vec::new());
+            if let Some(i) = groups.groups.iter().position(|(t, _)| t == default) {
+                metadata[i].push(md);
             }
-            metadata[i].push(md);
         }
     }
     Ok(groups
@@ -298,8 +297,8 @@ struct V2Builder {
     timeseries: Vec<V2Series>,
 }
 
-impl V2Builder {
-    fn new() -> Self {
+impl Default for V2Builder {
+    fn default() -> Self {
         V2Builder {
             // The spec: the first symbol is always the empty string.
             symbols: vec![String::new()],
@@ -307,7 +306,9 @@ impl V2Builder {
             timeseries: Vec::new(),
         }
     }
+}
 
+impl V2Builder {
     fn map(&mut self, old: u32, symbols: &[String]) -> u32 {
         if let Some(r) = self.refs.get(&old) {
             return *r;
@@ -331,8 +332,7 @@ fn symbol(symbols: &[String], r: u32) -> Result<&str, SplitError> {
 pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
     let req = V2Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
     let symbols = req.symbols;
-    let mut index: HashMap<TenantId, usize> = HashMap::new();
-    let mut parts: Vec<(TenantId, V2Builder)> = Vec::new();
+    let mut groups: Groups<V2Builder> = Groups::new(policy.tenancy.max_tenants);
     for mut ts in req.timeseries {
         if ts.labels_refs.len() % 2 != 0 {
             return Err(SplitError::Decode(
@@ -350,21 +350,7 @@ pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
         if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
             ts.labels_refs.drain(2 * at..2 * at + 2);
         }
-        let slot = match index.get(&tenant) {
-            Some(i) => *i,
-            None => {
-                if parts.len() == policy.tenancy.max_tenants {
-                    return Err(SplitError::TooManyTenants {
-                        count: parts.len() + 1,
-                        max: policy.tenancy.max_tenants,
-                    });
-                }
-                index.insert(tenant.clone(), parts.len());
-                parts.push((tenant, V2Builder::new()));
-                parts.len() - 1
-            }
-        };
-        let b = &mut parts[slot].1;
+        let b = groups.slot(tenant)?;
         for r in ts.labels_refs.iter_mut() {
             *r = b.map(*r, &symbols);
         }
@@ -382,7 +368,8 @@ pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
         }
         b.timeseries.push(ts);
     }
-    Ok(parts
+    Ok(groups
+        .groups
         .into_iter()
         .map(|(tenant, b)| Part {
             series: b.timeseries.len(),

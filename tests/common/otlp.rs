@@ -2,6 +2,9 @@
 //! resource attribute is tenantgate's; these build and read what a client would send).
 use prost::Message;
 
+// The resource and its attributes are tenantgate's own messages (the part it reads).
+pub use tenantgate::push::otlp::{AnyValue, KeyValue, Resource};
+
 #[derive(Clone, PartialEq, Message)]
 pub struct Export {
     #[prost(message, repeated, tag = "1")]
@@ -13,23 +16,6 @@ pub struct ResourceMetrics {
     pub resource: Option<Resource>,
     #[prost(message, repeated, tag = "2")]
     pub scope_metrics: Vec<ScopeMetrics>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct Resource {
-    #[prost(message, repeated, tag = "1")]
-    pub attributes: Vec<KeyValue>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct KeyValue {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(message, optional, tag = "2")]
-    pub value: Option<AnyValue>,
-}
-#[derive(Clone, PartialEq, Message)]
-pub struct AnyValue {
-    #[prost(string, optional, tag = "1")]
-    pub string_value: Option<String>,
 }
 #[derive(Clone, PartialEq, Message)]
 pub struct ScopeMetrics {
