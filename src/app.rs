@@ -315,7 +315,13 @@ impl App {
                     &rt.config.identities,
                 )
                 .await
-                .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics()))?;
+                .map_err(|e| {
+                    if let TenantError::IdentityForbidden { identity, .. } = &e {
+                        // Who was refused is worth a log line (their name, never a credential).
+                        ex.identity = Some(identity.clone());
+                    }
+                    tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics())
+                })?;
             ex.tenant = Some(label_tenant());
             ex.tenant_origin = Some(TenantOrigin::Label.as_str());
             ex.identity = caller.as_ref().map(|c| c.name.clone());
@@ -353,7 +359,13 @@ impl App {
                 &rt.config.identities,
             )
             .await
-            .map_err(|e| tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics()))?;
+            .map_err(|e| {
+                if let TenantError::IdentityForbidden { identity, .. } = &e {
+                    // Who was refused is worth a log line (their name, never a credential).
+                    ex.identity = Some(identity.clone());
+                }
+                tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics())
+            })?;
         ex.tenant = Some(resolved.tenant.label());
         ex.tenant_origin = Some(resolved.origin.as_str());
         ex.identity = resolved.identity.clone();
@@ -466,7 +478,9 @@ fn tenant_error(
                 challenges,
             }
         }
-        TenantError::Forbidden(m) => ProxyError::Forbidden(m),
+        TenantError::Forbidden(m) | TenantError::IdentityForbidden { message: m, .. } => {
+            ProxyError::Forbidden(m)
+        }
         TenantError::MissingHeader => ProxyError::NoOrgId,
         TenantError::BadHeader(m) => ProxyError::BadTenantHeader(m),
     }

@@ -207,10 +207,10 @@ impl LabelTenancy {
             .await
             .map_err(TenantError::Unauthenticated)?;
         if !allowed.iter().any(|a| *a == id.name) {
-            return Err(TenantError::Forbidden(format!(
-                "identity {:?} may not use this route",
-                &*id.name
-            )));
+            return Err(TenantError::IdentityForbidden {
+                identity: id.name.clone(),
+                message: format!("identity {:?} may not use this route", &*id.name),
+            });
         }
         Ok(Some(id))
     }
@@ -258,6 +258,9 @@ pub enum TenantError {
     /// Authenticated, or trusted, but not allowed here (403).
     #[error("{0}")]
     Forbidden(String),
+    /// An identity that authenticated but may not use this route (403); it is logged by name.
+    #[error("{message}")]
+    IdentityForbidden { identity: Arc<str>, message: String },
     /// The client's X-Scope-OrgID is missing on a header route (401, like Mimir).
     #[error("no org id: this route takes the tenant from X-Scope-OrgID")]
     MissingHeader,
@@ -293,16 +296,19 @@ impl TenantSource {
                 if let Some(allowed) = allowed
                     && !allowed.iter().any(|a| *a == id.name)
                 {
-                    return Err(TenantError::Forbidden(format!(
-                        "identity {:?} may not use this route",
-                        &*id.name
-                    )));
+                    return Err(TenantError::IdentityForbidden {
+                        identity: id.name.clone(),
+                        message: format!("identity {:?} may not use this route", &*id.name),
+                    });
                 }
                 if id.tenant.is_federated() && !federation {
-                    return Err(TenantError::Forbidden(format!(
-                        "identity {:?} maps to several tenants; this route does not allow federation",
-                        &*id.name
-                    )));
+                    return Err(TenantError::IdentityForbidden {
+                        identity: id.name.clone(),
+                        message: format!(
+                            "identity {:?} maps to several tenants; this route does not allow federation",
+                            &*id.name
+                        ),
+                    });
                 }
                 Ok(Resolved {
                     tenant: id.tenant.clone(),

@@ -375,3 +375,61 @@ fn probe_against_a_stopped_upstream_fails_with_a_readable_report() {
     );
     assert!(stdout.contains("checks passed,"), "{stdout}");
 }
+
+#[test]
+fn a_refused_identity_is_named_in_the_access_log() {
+    let dir = std::env::temp_dir().join(format!("tenantgate-cli-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "reader-token-0123456789").unwrap();
+    let config = dir.join("tenantgate.yaml");
+    std::fs::write(
+        &config,
+        "server: { listen: 127.0.0.1:0 }\nupstreams: { mimir: { url: http://127.0.0.1:9 } }\nidentities:\n  - name: reader\n    tenant: team-a\n    bearer_token: { file: token }\n  - name: writer\n    tenant: team-a\n    bearer_token: { file: token2 }\nroutes:\n  - name: push\n    match: { path_prefix: / }\n    upstream: mimir\n    tenant: { from: identity, identities: [writer] }\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("token2"), "writer-token-0123456789").unwrap();
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["--config"])
+            .arg(&config)
+            .args(["--log.format", "json"])
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn tenantgate"),
+    );
+    let stderr = child.0.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = None;
+    while addr.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["message"] == "listening"
+            && v["listener"] == "data"
+        {
+            addr = v["addr"].as_str().map(str::to_owned);
+        }
+    }
+    let addr = addr.expect("a listening line");
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer reader-token-0123456789\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
+    let mut logged = None;
+    while logged.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+            && v["target"] == "tenantgate::access"
+        {
+            logged = Some(v);
+        }
+    }
+    let v = logged.expect("an access line");
+    assert_eq!(v["identity"], "reader", "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+    let _ = std::fs::remove_dir_all(dir);
+}
