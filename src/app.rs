@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, header};
+use http::{Request, Response, header};
 use http_body::Body;
 
 use crate::auth::{Credential, Identities};
@@ -153,15 +153,6 @@ fn host_of<B>(req: &Request<B>) -> Option<&str> {
         Some(i) if !raw[i..].contains(']') => &raw[..i],
         _ => raw,
     })
-}
-
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 impl App {
@@ -333,22 +324,15 @@ impl App {
             })?;
             ex.upstream = Some(route.upstream.clone());
             let target = route.rewrite.apply(&path).into_owned();
-            let seen = ex.count_request_bytes();
             let incoming = crate::push::serve::Incoming {
                 request: req,
+                path: &path,
                 target: &target,
                 client: conn.remote.ip(),
                 tls: conn.tls,
             };
-            return crate::push::serve::serve(
-                &route,
-                &upstream,
-                tenancy,
-                caller.as_deref(),
-                incoming,
-                &seen,
-            )
-            .await;
+            return crate::push::serve::serve(&route, &upstream, tenancy, caller, incoming, ex)
+                .await;
         }
         let resolved = route
             .tenant
@@ -406,7 +390,7 @@ impl App {
             ))
         })?;
         ex.upstream = Some(route.upstream.clone());
-        if content_length(req.headers()).is_some_and(|n| n > route.max_request_body) {
+        if crate::body::content_length(req.headers()).is_some_and(|n| n > route.max_request_body) {
             return Err(ProxyError::BodyTooLarge {
                 limit: route.max_request_body,
             });

@@ -223,6 +223,17 @@ pub(super) fn route(
         );
     }
     let tenant = super::security::tenant_source(errs, &key, &rv.tenant, identities);
+    // A split route forwards each part to the path it was sent to: only the one write path
+    // it is for, never every path under a prefix (admin endpoints included).
+    if let Some(crate::tenant::TenantSource::Label(_)) = &tenant
+        && !matches!(path, Some(PathMatch::Exact(_)))
+    {
+        errs.at(
+            format!("{key}.match"),
+            Some(&rv.matcher),
+            "a `from: label` route needs an exact match.path (e.g. /api/v1/push or /otlp/v1/metrics)",
+        );
+    }
     let mut rewrite = Rewrite::default();
     if let Some(rw) = &rv.rewrite {
         if let Some(strip) = &rw.value.strip_prefix {

@@ -162,12 +162,29 @@ fn report(answers: &[Answer]) -> String {
     out
 }
 
+/// `team-a 204, team-b 429`: each part's status, for logs.
+pub fn summary(answers: &[Answer]) -> String {
+    answers
+        .iter()
+        .map(|a| match &a.outcome {
+            Outcome::Answered { status, .. } => format!("{} {}", a.tenant, status.as_u16()),
+            Outcome::Failed { kind, .. } => format!("{} {}", a.tenant, kind.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The one answer for the sender.
 pub fn merge(answers: &[Answer], otlp: bool, now_ms: i64) -> Response<ProxyBody> {
     if answers.iter().any(Answer::transient) {
         let status = retryable(answers, otlp);
         let mut resp = text_response(status, report(answers));
-        if let Some(secs) = answers.iter().filter_map(|a| a.retry_after(now_ms)).max() {
+        if let Some(secs) = answers
+            .iter()
+            .filter(|a| a.transient())
+            .filter_map(|a| a.retry_after(now_ms))
+            .max()
+        {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -199,11 +216,12 @@ pub fn merge(answers: &[Answer], otlp: bool, now_ms: i64) -> Response<ProxyBody>
             HeaderValue::from_static("application/x-protobuf"),
         );
     }
-    for name in WRITTEN_HEADERS {
+    // Only counts every part reported, and only when there were parts: none are made up.
+    for name in WRITTEN_HEADERS.iter().filter(|_| !answers.is_empty()) {
         let counts: Option<Vec<u64>> = answers.iter().map(|a| a.written(name)).collect();
-        if let Some(counts) = counts {
-            resp.headers_mut()
-                .insert(name, HeaderValue::from(counts.iter().sum::<u64>()));
+        let total = counts.and_then(|c| c.iter().try_fold(0u64, |t, n| t.checked_add(*n)));
+        if let Some(total) = total {
+            resp.headers_mut().insert(*name, HeaderValue::from(total));
         }
     }
     resp
@@ -279,6 +297,30 @@ mod tests {
             merge(&[ok, internal], true, 0).status(),
             503,
             "OTLP senders do not retry a 500"
+        );
+    }
+
+    #[test]
+    fn no_parts_report_no_counts_and_huge_counts_do_not_overflow() {
+        let r = merge(&[], false, 0);
+        assert!(r.status().is_success());
+        assert!(r.headers().get(WRITTEN_HEADERS[0]).is_none());
+        let max = u64::MAX.to_string();
+        let a = answered("a", 204, &[(WRITTEN_HEADERS[0], &max)], "");
+        let r = merge(&[a.clone(), a], false, 0);
+        assert!(
+            r.headers().get(WRITTEN_HEADERS[0]).is_none(),
+            "omitted, not wrapped"
+        );
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_parts_to_retry_only() {
+        let ok = answered("a", 200, &[("retry-after", "99")], "");
+        let limited = answered("b", 429, &[("retry-after", "3")], "");
+        assert_eq!(
+            merge(&[ok, limited], false, 0).headers()["retry-after"],
+            "3"
         );
     }
 

@@ -4,6 +4,7 @@
 
 pub mod merge;
 pub mod otlp;
+pub mod scan;
 pub mod serve;
 pub mod split;
 pub mod wire;

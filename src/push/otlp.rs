@@ -7,6 +7,7 @@ use std::io::{Read, Write};
 use bytes::Bytes;
 use prost::Message;
 
+use super::scan;
 use super::split::{Groups, Part, Policy, SplitError};
 
 /// `ExportMetricsServiceRequest` with each `ResourceMetrics` kept encoded.
@@ -48,7 +49,9 @@ pub struct AnyValue {
 /// state its size reliably, so the inflating stops there).
 pub fn gunzip(body: &[u8], limit: usize) -> Result<Option<Vec<u8>>, String> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body)
+    // Every member (Go's gzip reader, which collectors and Mimir use, reads them all); bytes
+    // after the last member that are not gzip are an error, not ignored.
+    flate2::read::MultiGzDecoder::new(body)
         .take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| format!("the body is not gzip: {e}"))?;
@@ -67,9 +70,19 @@ pub fn split(
     policy: &Policy<'_>,
     attributes: &[String],
 ) -> Result<Vec<Part>, SplitError> {
+    scan::bound(scan::count(&raw, &[1])?[0], scan::MAX_SERIES, "resources")?;
     let req = Export::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
     let mut groups: Groups<Vec<Bytes>> = Groups::new(policy.tenancy.max_tenants);
     for rm in req.resource_metrics {
+        let mut attribute_count = 0;
+        for resource in scan::embedded(&rm, 1)? {
+            attribute_count += scan::count(resource, &[1])?[0];
+        }
+        scan::bound(
+            attribute_count,
+            scan::MAX_LABELS,
+            "attributes of a resource",
+        )?;
         let resource = ResourceOnly::decode(rm.clone())
             .map_err(|e| SplitError::Decode(e.to_string()))?
             .resource
@@ -94,4 +107,18 @@ pub fn split(
             tenant,
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_gzip_member_is_read_and_trailing_garbage_refused() {
+        let mut two = super::gzip(b"first ").unwrap();
+        two.extend(super::gzip(b"second").unwrap());
+        assert_eq!(super::gunzip(&two, 100).unwrap().unwrap(), b"first second");
+        let mut junk = super::gzip(b"first").unwrap();
+        junk.extend(b"trailing garbage");
+        assert!(super::gunzip(&junk, 100).is_err());
+        assert_eq!(super::gunzip(&two, 5).unwrap(), None, "over the limit");
+    }
 }

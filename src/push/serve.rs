@@ -19,6 +19,7 @@ use crate::error::ProxyError;
 use crate::forward::{Upstream, UpstreamBody, headers};
 use crate::migrate::wire::{Unsnappy, snappy, unsnappy};
 use crate::route::Route;
+use crate::telemetry::Exchange;
 use crate::tenant::LabelTenancy;
 
 /// Bytes of each part's answer kept (its error message).
@@ -34,7 +35,9 @@ enum Kind {
 /// Everything about the request the parts are sent with.
 pub struct Incoming<'a, B> {
     pub request: Request<B>,
-    /// The path to forward to (rewritten) and the query.
+    /// The path as the client sent it (normalized), which says whether it is OTLP.
+    pub path: &'a str,
+    /// The path to forward to (rewritten).
     pub target: &'a str,
     pub client: std::net::IpAddr,
     pub tls: bool,
@@ -65,10 +68,10 @@ fn part_headers(client: &HeaderMap, route: &Route, from: std::net::IpAddr, tls: 
 pub async fn serve<B>(
     route: &Route,
     upstream: &Arc<Upstream>,
-    tenancy: &LabelTenancy,
-    caller: Option<&Identity>,
+    tenancy: &Arc<LabelTenancy>,
+    caller: Option<Arc<Identity>>,
     incoming: Incoming<'_, B>,
-    seen_bytes: &std::sync::atomic::AtomicU64,
+    ex: &mut Exchange,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
     B: Body<Data = Bytes> + Send + 'static,
@@ -76,6 +79,7 @@ where
 {
     let Incoming {
         request,
+        path,
         target,
         client,
         tls,
@@ -83,7 +87,11 @@ where
     if request.method() != Method::POST {
         return Err(ProxyError::MethodNotAllowed(request.method().to_string()));
     }
-    let otlp = target.contains("/otlp/");
+    let limit = route.max_request_body;
+    if crate::body::content_length(request.headers()).is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let otlp = path.contains("/otlp/");
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -137,7 +145,6 @@ where
         }
         Kind::RemoteWrite(version)
     };
-    let limit = route.max_request_body;
     let max = usize::try_from(limit).unwrap_or(usize::MAX);
     let (parts, body) = request.into_parts();
     let body = Limited::new(body, max)
@@ -148,12 +155,15 @@ where
                 .is_some()
             {
                 ProxyError::BodyTooLarge { limit }
+            } else if e.downcast_ref::<crate::conn::BodyTooSlow>().is_some() {
+                ProxyError::ClientTooSlow(e.to_string())
             } else {
                 ProxyError::ClientBody(e.to_string())
             }
         })?
         .to_bytes();
-    seen_bytes.store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+    ex.count_request_bytes()
+        .store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let raw = match kind {
         // The snappy header states the decoded size: refused before anything is inflated.
         Kind::RemoteWrite(_) => Bytes::from(unsnappy(&body, max).map_err(|e| match e {
@@ -168,17 +178,39 @@ where
         Kind::Otlp { gzip: false } => body.clone(),
     };
     drop(body);
-    let policy = Policy { tenancy, caller };
-    let split = match kind {
-        Kind::RemoteWrite(Version::V1) => split::split_v1(raw, &policy),
-        Kind::RemoteWrite(Version::V2) => split::split_v2(raw, &policy),
-        Kind::Otlp { .. } => otlp::split(raw, &policy, &tenancy.attributes),
-    }
+    // Decoding and re-encoding a batch is CPU work of milliseconds: off the async workers.
+    let (owned_tenancy, owned_caller) = (tenancy.clone(), caller.clone());
+    let split = tokio::task::spawn_blocking(move || {
+        let policy = Policy {
+            tenancy: &owned_tenancy,
+            caller: owned_caller.as_deref(),
+        };
+        match kind {
+            Kind::RemoteWrite(Version::V1) => split::split_v1(raw, &policy),
+            Kind::RemoteWrite(Version::V2) => split::split_v2(raw, &policy),
+            Kind::Otlp { .. } => otlp::split(raw, &policy, &owned_tenancy.attributes),
+        }
+    })
+    .await
+    .map_err(|e| ProxyError::Internal(format!("splitting the request: {e}")))?
     .map_err(refused)?;
     let uri = upstream.uri_for(target, parts.uri.query())?;
     let common = part_headers(&parts.headers, route, client, tls);
     let answers = send_all(upstream, &uri, &common, split, kind).await?;
-    Ok(merge::merge(&answers, otlp, crate::time::now_millis()))
+    let merged = merge::merge(&answers, otlp, crate::time::now_millis());
+    // Each part's outcome where an operator looks: failures in the upstream error metric, and
+    // the parts of an answer that is not a success in the access log.
+    for a in &answers {
+        if let Outcome::Failed { kind, .. } = &a.outcome {
+            ex.metrics().upstream_error(&route.upstream, *kind);
+        }
+    }
+    let summary = merge::summary(&answers);
+    if !merged.status().is_success() {
+        ex.error = Some(format!("parts: {summary}"));
+    }
+    tracing::debug!(route = &*route.name, parts = %summary, "split by label");
+    Ok(merged)
 }
 
 /// Sends every part at once; each gets its answer, or how it failed.

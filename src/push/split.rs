@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use prost::Message;
 
+use super::scan;
 use super::wire::{Label, V1MetadataName, V1Request, V1Series, V2Request, V2Series};
 use crate::auth::Identity;
 use crate::tenant::{LabelTenancy, TenantId};
@@ -35,8 +36,8 @@ pub enum SplitError {
         tenant: String,
         who: String,
     },
-    #[error("the request has series for {count} tenants; this route takes at most {max}")]
-    TooManyTenants { count: usize, max: usize },
+    #[error("the request has series for more than {max} tenants (max_tenants)")]
+    TooManyTenants { max: usize },
 }
 
 impl SplitError {
@@ -61,6 +62,18 @@ pub struct Part {
     pub series: usize,
 }
 
+/// At most `max` bytes of `s`, cut on a character boundary, with "..." when cut.
+pub(super) fn cut(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
 /// `{__name__="up", job="x"}`, cut short: how a series is named in an error.
 fn describe<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
     let mut s = String::from("{");
@@ -68,21 +81,18 @@ fn describe<'a>(labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
         if i > 0 {
             s.push_str(", ");
         }
-        s.push_str(n);
-        s.push('=');
-        s.push_str(&format!("{v:?}"));
+        s.push_str(&format!("{n}={v:?}"));
         if s.len() > 200 {
-            s.truncate(200);
-            s.push_str("...");
             break;
         }
     }
+    let mut s = cut(&s, 200);
     s.push('}');
     s
 }
 
 impl Policy<'_> {
-    fn allowed(&self, t: &TenantId) -> bool {
+    pub(super) fn allowed(&self, t: &TenantId) -> bool {
         let by_route = self
             .tenancy
             .allow
@@ -130,7 +140,7 @@ impl Policy<'_> {
         let value = format!("{}{}", t.prefix, labels[at].1);
         let tenant = TenantId::parse(&value).map_err(|e| SplitError::InvalidTenant {
             series: series(),
-            value: value.clone(),
+            value: cut(&value, 200),
             why: e.to_string(),
         })?;
         if self.allowed(&tenant) {
@@ -148,7 +158,7 @@ impl Policy<'_> {
         }
     }
 
-    fn checked(
+    pub(super) fn checked(
         &self,
         tenant: TenantId,
         series: impl Fn() -> String,
@@ -188,10 +198,7 @@ impl<G: Default> Groups<G> {
             Some(i) => *i,
             None => {
                 if self.groups.len() == self.max {
-                    return Err(SplitError::TooManyTenants {
-                        count: self.max + 1,
-                        max: self.max,
-                    });
+                    return Err(SplitError::TooManyTenants { max: self.max });
                 }
                 self.index.insert(tenant.clone(), self.groups.len());
                 self.groups.push((tenant, G::default()));
@@ -202,22 +209,13 @@ impl<G: Default> Groups<G> {
     }
 }
 
-/// Whether series `name` belongs to metric family `family` (`x_bucket` to `x`, and so on).
-fn in_family(name: &str, family: &str) -> bool {
-    name == family
-        || name.strip_prefix(family).is_some_and(|rest| {
-            matches!(
-                rest,
-                "_bucket"
-                    | "_sum"
-                    | "_count"
-                    | "_total"
-                    | "_created"
-                    | "_info"
-                    | "_gcount"
-                    | "_gsum"
-            )
-        })
+/// The metric families a series name can belong to: itself, and without a suffix that
+/// Prometheus adds to a family's series (`x_bucket`, `x_sum`, ... of family `x`).
+fn families_of(name: &str) -> impl Iterator<Item = &str> {
+    const SUFFIXES: [&str; 8] = [
+        "_bucket", "_sum", "_count", "_total", "_created", "_info", "_gcount", "_gsum",
+    ];
+    std::iter::once(name).chain(SUFFIXES.iter().filter_map(move |s| name.strip_suffix(s)))
 }
 
 /// A Remote Write 1.0 `WriteRequest` with series already grouped, for encoding.
@@ -231,10 +229,23 @@ struct V1Part {
 
 /// Splits a Remote Write 1.0 request (decompressed).
 pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
+    let counts = scan::count(&raw, &[1, 3])?;
+    scan::bound(counts[0], scan::MAX_SERIES, "series")?;
+    scan::bound(counts[1], scan::MAX_METADATA, "metadata entries")?;
     let req = V1Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
     let mut groups: Groups<Vec<V1Series>> = Groups::new(policy.tenancy.max_tenants);
     for ts in req.timeseries {
+        scan::bound(
+            scan::count(&ts, &[1])?[0],
+            scan::MAX_LABELS,
+            "labels in a series",
+        )?;
         let mut s = V1Series::decode(ts).map_err(|e| SplitError::Decode(e.to_string()))?;
+        if s.labels.is_empty() || s.labels.iter().any(|l| l.name.is_empty()) {
+            return Err(SplitError::Decode(
+                "a series without labels, or with an empty label name".into(),
+            ));
+        }
         let (tenant, at) = {
             let labels: Vec<(&str, &str)> = s
                 .labels
@@ -244,32 +255,49 @@ pub fn split_v1(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
             policy.tenant_of(&labels)?
         };
         if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
-            s.labels.remove(at);
+            // Every copy: a second one left behind would still name a tenant.
+            let name = s.labels[at].name.clone();
+            s.labels.retain(|l| l.name != name);
         }
         groups.slot(tenant)?.push(s);
     }
+    // Which groups hold series of each metric family (`x`, `x_bucket`, ... all of family x).
+    let mut families: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, (_, series)) in groups.groups.iter().enumerate() {
+        for s in series {
+            let Some(name) = s.labels.iter().find(|l| l.name == "__name__") else {
+                continue;
+            };
+            for family in families_of(&name.value) {
+                let at = families.entry(family.to_owned()).or_default();
+                if at.last() != Some(&i) {
+                    at.push(i);
+                }
+            }
+        }
+    }
     let mut metadata: Vec<Vec<Bytes>> = vec![Vec::new(); groups.groups.len()];
+    // Metadata of no series here (Prometheus sends metadata in requests of its own) goes to
+    // the default tenant, if this caller may write there; else it is dropped.
+    let default = policy.tenancy.default.clone().filter(|d| policy.allowed(d));
     for md in req.metadata {
         let family = V1MetadataName::decode(md.clone())
             .map_err(|e| SplitError::Decode(e.to_string()))?
             .metric_family_name;
-        let mut placed = false;
-        for (i, (_, series)) in groups.groups.iter().enumerate() {
-            let has = series.iter().any(|s| {
-                s.labels
-                    .iter()
-                    .any(|l| l.name == "__name__" && in_family(&l.value, &family))
-            });
-            if has {
-                metadata[i].push(md.clone());
-                placed = true;
+        match families.get(&family) {
+            Some(at) => {
+                for i in at {
+                    metadata[*i].push(md.clone());
+                }
             }
-        }
-        if !placed && let Some(default) = &policy.tenancy.default {
-            groups.slot(default.clone())?;
-            metadata.resize(groups.groups.len(), Vec::new());
-            if let Some(i) = groups.groups.iter().position(|(t, _)| t == default) {
-                metadata[i].push(md);
+            None => {
+                if let Some(default) = &default {
+                    groups.slot(default.clone())?;
+                    metadata.resize(groups.groups.len(), Vec::new());
+                    if let Some(i) = groups.groups.iter().position(|(t, _)| t == default) {
+                        metadata[i].push(md);
+                    }
+                }
             }
         }
     }
@@ -330,10 +358,27 @@ fn symbol(symbols: &[String], r: u32) -> Result<&str, SplitError> {
 
 /// Splits a Remote Write 2.0 request (decompressed).
 pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError> {
+    let counts = scan::count(&raw, &[4, 5])?;
+    scan::bound(counts[0], scan::MAX_SYMBOLS, "symbols")?;
+    scan::bound(counts[1], scan::MAX_SERIES, "series")?;
     let req = V2Request::decode(raw).map_err(|e| SplitError::Decode(e.to_string()))?;
     let symbols = req.symbols;
+    // The spec: symbols[0] is always "", and reference 0 means "no string".
+    if symbols.first().is_some_and(|s| !s.is_empty()) {
+        return Err(SplitError::Decode(
+            "the first symbol must be the empty string".into(),
+        ));
+    }
     let mut groups: Groups<V2Builder> = Groups::new(policy.tenancy.max_tenants);
     for mut ts in req.timeseries {
+        scan::bound(
+            ts.labels_refs.len() / 2,
+            scan::MAX_LABELS,
+            "labels in a series",
+        )?;
+        if ts.labels_refs.is_empty() {
+            return Err(SplitError::Decode("a series without labels".into()));
+        }
         if ts.labels_refs.len() % 2 != 0 {
             return Err(SplitError::Decode(
                 "a series has an odd number of label references".into(),
@@ -348,7 +393,15 @@ pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
             policy.tenant_of(&labels)?
         };
         if let Some(at) = at.filter(|_| policy.tenancy.remove_label) {
-            ts.labels_refs.drain(2 * at..2 * at + 2);
+            // Every copy of the tenant label: a second one would still name a tenant.
+            let name = symbol(&symbols, ts.labels_refs[2 * at])?.to_owned();
+            let mut kept = Vec::with_capacity(ts.labels_refs.len());
+            for p in ts.labels_refs.chunks(2) {
+                if symbol(&symbols, p[0])? != name {
+                    kept.extend_from_slice(p);
+                }
+            }
+            ts.labels_refs = kept;
         }
         let b = groups.slot(tenant)?;
         for r in ts.labels_refs.iter_mut() {

@@ -361,11 +361,20 @@ proptest! {
         for part in &parts {
             let r = V2Request::decode(part.body.clone()).unwrap();
             prop_assert_eq!(r.symbols.first().map(String::as_str), Some(""));
-            // A symbol table of its own: no symbol of another tenant's series.
-            let mut unique = r.symbols.clone();
-            unique.sort();
-            unique.dedup();
-            prop_assert_eq!(unique.len(), r.symbols.len());
+            // A symbol table of its own: exactly the symbols its series use, no other tenant's.
+            let mut used: Vec<u32> = vec![0];
+            for s in &r.timeseries {
+                used.extend(&s.labels_refs);
+                for e in &s.exemplars {
+                    used.extend(&e.labels_refs);
+                }
+                if let Some(m) = &s.metadata {
+                    used.extend([m.help_ref, m.unit_ref]);
+                }
+            }
+            used.sort_unstable();
+            used.dedup();
+            prop_assert_eq!(used, (0..r.symbols.len() as u32).collect::<Vec<_>>());
             for s in &r.timeseries {
                 let m = v2_meaning(&r.symbols, s);
                 let tenant = m.0.iter().find(|(n, _)| n == "team")
@@ -380,4 +389,132 @@ proptest! {
         want.sort();
         prop_assert_eq!(back, want);
     }
+}
+
+// ---- found in review ----
+
+#[test]
+fn refusing_a_series_with_long_non_ascii_labels_does_not_panic() {
+    let t = tenancy(&["team"], None, Some(&["a"]));
+    let p = Policy {
+        tenancy: &t,
+        caller: None,
+    };
+    let long = "é".repeat(200);
+    for labels in [
+        vec![("__name__", "m"), ("xy", long.as_str())],
+        vec![("__name__", "m"), ("team", long.as_str())],
+    ] {
+        let e = split_v1(v1_request(&[v1_series(&labels, 1)], &[]), &p).unwrap_err();
+        assert!(e.to_string().len() < 1000, "the error is cut short: {e}");
+    }
+}
+
+#[test]
+fn metadata_goes_to_the_default_only_where_the_caller_may_write() {
+    let mut t = tenancy(&["team"], Some("shared"), None);
+    t.identities = Some(vec!["prom".into()]);
+    let caller = crate::auth::Identity {
+        name: "prom".into(),
+        tenant: TenantId::parse("team-a").unwrap(),
+        credential: crate::auth::Credential::Bearer([0; 32]),
+    };
+    let p = Policy {
+        tenancy: &t,
+        caller: Some(&caller),
+    };
+    // Prometheus sends metadata in requests of their own: not to `shared`, which prom may not write.
+    let parts = split_v1(v1_request(&[], &["http_requests"]), &p).unwrap();
+    assert!(parts.is_empty(), "{parts:?}");
+    let t = tenancy(&["team"], Some("shared"), Some(&["shared"]));
+    let p = Policy {
+        tenancy: &t,
+        caller: None,
+    };
+    let parts = split_v1(v1_request(&[], &["http_requests"]), &p).unwrap();
+    assert_eq!(parts[0].tenant.as_str(), "shared");
+}
+
+#[test]
+fn many_metadata_entries_are_placed_in_linear_time() {
+    let t = tenancy(&["team"], None, Some(&["a"]));
+    let p = Policy {
+        tenancy: &t,
+        caller: None,
+    };
+    let names: Vec<String> = (0..20_000).map(|i| format!("m{i}_total")).collect();
+    let series: Vec<V1Series> = names
+        .iter()
+        .map(|n| v1_series(&[("__name__", n), ("team", "a")], 1))
+        .collect();
+    let families: Vec<&str> = names.iter().map(|n| n.trim_end_matches("_total")).collect();
+    let started = std::time::Instant::now();
+    let parts = split_v1(v1_request(&series, &families), &p).unwrap();
+    assert_eq!(decode_v1(&parts[0]).1.len(), 20_000);
+    // Quadratic placement took tens of seconds here; linear takes well under one.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn bodies_that_would_decode_to_far_more_than_they_weigh_are_refused() {
+    let t = tenancy(&["team"], Some("x"), None);
+    let p = Policy {
+        tenancy: &t,
+        caller: None,
+    };
+    // 300,000 empty series: two bytes each on the wire.
+    let empty_series: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 300_000)
+        .flatten()
+        .collect();
+    let e = split_v1(Bytes::from(empty_series), &p).unwrap_err();
+    assert!(e.to_string().contains("at most 200000"), "{e}");
+    // One series of 300 empty labels.
+    let labels: Vec<u8> = std::iter::repeat_n([0x0a, 0x00], 300).flatten().collect();
+    let mut one = vec![0x0a];
+    prost::encoding::encode_varint(labels.len() as u64, &mut one);
+    one.extend(labels);
+    let e = split_v1(Bytes::from(one), &p).unwrap_err();
+    assert!(e.to_string().contains("labels in a series"), "{e}");
+    // A series without labels.
+    assert!(split_v1(Bytes::from_static(&[0x0a, 0x00]), &p).is_err());
+}
+
+#[test]
+fn remote_write_2_rules_symbol_zero_and_removes_every_copy_of_the_tenant_label() {
+    let mut t = tenancy(&["team"], None, Some(&["team-a"]));
+    t.remove_label = true;
+    let p = Policy {
+        tenancy: &t,
+        caller: None,
+    };
+    let symbols: Vec<String> = ["", "__name__", "up", "team", "team-a", "team-b"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let req = V2Request {
+        symbols: symbols.clone(),
+        timeseries: vec![V2Series {
+            labels_refs: vec![1, 2, 3, 4, 3, 5],
+            ..V2Series::default()
+        }],
+    };
+    let parts = split_v2(req.encode_to_vec().into(), &p).unwrap();
+    let r = V2Request::decode(parts[0].body.clone()).unwrap();
+    assert_eq!(
+        v2_labels(&r.symbols, &r.timeseries[0].labels_refs),
+        [label("__name__", "up")]
+    );
+    // Only the symbols its series use.
+    assert_eq!(r.symbols, ["", "__name__", "up"]);
+    let mut bad = symbols;
+    bad[0] = "team-a".into();
+    let req = V2Request {
+        symbols: bad,
+        timeseries: vec![V2Series {
+            labels_refs: vec![1, 2, 3, 0],
+            ..V2Series::default()
+        }],
+    };
+    let e = split_v2(req.encode_to_vec().into(), &p).unwrap_err();
+    assert!(e.to_string().contains("first symbol"), "{e}");
 }
