@@ -254,6 +254,52 @@ fn a_misindented_key_is_named_with_what_yaml_expected() {
 }
 
 #[test]
+fn a_label_split_route_is_bounded_and_on_one_exact_path() {
+    let route = |m: &str, t: &str| {
+        MINIMAL
+            .replace("{ path_prefix: / }", m)
+            .replace("tenant: team-a", t)
+    };
+    let ok = route(
+        "{ path: /api/v1/push }",
+        "tenant: { from: label, labels: [team], allow: [a] }",
+    );
+    assert!(load_str(&ok).is_ok(), "{:?}", load_str(&ok).err());
+    let prefix = route(
+        "{ path_prefix: / }",
+        "tenant: { from: label, labels: [team], allow: [a] }",
+    );
+    assert!(
+        first_error(&prefix).contains("needs an exact match.path"),
+        "{}",
+        first_error(&prefix)
+    );
+    let open = route(
+        "{ path: /api/v1/push }",
+        "tenant: { from: label, labels: [team] }",
+    );
+    assert!(
+        first_error(&open).contains("bound it with `allow`"),
+        "{}",
+        first_error(&open)
+    );
+    let bad_label = route(
+        "{ path: /api/v1/push }",
+        "tenant: { from: label, labels: [\"team-x\"], allow: [a] }",
+    );
+    assert!(
+        first_error(&bad_label).contains("not a label"),
+        "{}",
+        first_error(&bad_label)
+    );
+    let default_outside = route(
+        "{ path: /api/v1/push }",
+        "tenant: { from: label, labels: [team], allow: [a], default: b }",
+    );
+    assert!(first_error(&default_outside).contains("not in the allow list"));
+}
+
+#[test]
 fn a_whole_path_rewrite_goes_with_an_exact_match_alone() {
     let ok = MINIMAL.replace(
         "    match: { path_prefix: / }\n",
