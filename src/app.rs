@@ -306,13 +306,7 @@ impl App {
                     &rt.config.identities,
                 )
                 .await
-                .map_err(|e| {
-                    if let TenantError::IdentityForbidden { identity, .. } = &e {
-                        // Who was refused is worth a log line (their name, never a credential).
-                        ex.identity = Some(identity.clone());
-                    }
-                    tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics())
-                })?;
+                .map_err(|e| refuse(e, &route.tenant, &rt.config.identities, ex))?;
             ex.tenant = Some(label_tenant());
             ex.tenant_origin = Some(TenantOrigin::Label.as_str());
             ex.identity = caller.as_ref().map(|c| c.name.clone());
@@ -343,13 +337,7 @@ impl App {
                 &rt.config.identities,
             )
             .await
-            .map_err(|e| {
-                if let TenantError::IdentityForbidden { identity, .. } = &e {
-                    // Who was refused is worth a log line (their name, never a credential).
-                    ex.identity = Some(identity.clone());
-                }
-                tenant_error(e, &route.tenant, &rt.config.identities, ex.metrics())
-            })?;
+            .map_err(|e| refuse(e, &route.tenant, &rt.config.identities, ex))?;
         ex.tenant = Some(resolved.tenant.label());
         ex.tenant_origin = Some(resolved.origin.as_str());
         ex.identity = resolved.identity.clone();
@@ -412,6 +400,20 @@ impl App {
         let body = forward::upstream_body(body, route.max_request_body, ex.count_request_bytes());
         upstream.send(Request::from_parts(parts, body)).await
     }
+}
+
+/// A tenant failure as its response, with the refused identity (its name, never a credential)
+/// noted for the access log.
+fn refuse(
+    e: TenantError,
+    source: &TenantSource,
+    identities: &Identities,
+    ex: &mut Exchange,
+) -> ProxyError {
+    if let TenantError::IdentityForbidden { identity, .. } = &e {
+        ex.identity = Some(identity.clone());
+    }
+    tenant_error(e, source, identities, ex.metrics())
 }
 
 /// The tenant label of requests split by series labels: tenants named by data are never metric

@@ -171,6 +171,22 @@ impl Recorder {
     }
 }
 
+/// Each part's tenants, and one value picked from each of its series (a label or metric name).
+fn by_tenant(
+    parts: &[Part],
+    pick: impl Fn(&[(String, String)]) -> Vec<String>,
+) -> Vec<(Vec<String>, Vec<String>)> {
+    parts
+        .iter()
+        .map(|p| {
+            (
+                p.tenants.clone(),
+                p.series.iter().flat_map(|s| pick(s)).collect(),
+            )
+        })
+        .collect()
+}
+
 const CONFIG: &str = r#"
 server: { listen: 127.0.0.1:0 }
 upstreams: { mimir: { url: "{UPSTREAM}" } }
@@ -261,23 +277,14 @@ async fn a_batch_of_three_teams_becomes_three_requests_with_one_tenant_each() {
         "summed over 4 parts"
     );
     let parts = up.take();
-    let got: Vec<(Vec<String>, Vec<String>)> = parts
-        .iter()
-        .map(|p| {
-            (
-                p.tenants.clone(),
-                p.series
-                    .iter()
-                    .map(|s| {
-                        s.iter()
-                            .find(|(n, _)| n == "job")
-                            .or_else(|| s.iter().find(|(n, _)| n == "team"))
-                            .map_or(String::new(), |(_, v)| v.clone())
-                    })
-                    .collect(),
-            )
-        })
-        .collect();
+    let got = by_tenant(&parts, |s| {
+        s.iter()
+            .find(|(n, _)| n == "job")
+            .or_else(|| s.iter().find(|(n, _)| n == "team"))
+            .map(|(_, v)| v.clone())
+            .into_iter()
+            .collect()
+    });
     assert_eq!(
         got,
         [
@@ -556,22 +563,12 @@ routes:
         assert_eq!(s, 204, "{}", String::from_utf8_lossy(&text));
         assert_eq!(h["content-type"], "application/x-protobuf");
         let parts = up.take();
-        let got: Vec<(Vec<String>, Vec<String>)> = parts
-            .iter()
-            .map(|p| {
-                (
-                    p.tenants.clone(),
-                    p.series
-                        .iter()
-                        .flat_map(|r| {
-                            r.iter()
-                                .filter(|(k, _)| k == "metric")
-                                .map(|(_, v)| v.clone())
-                        })
-                        .collect(),
-                )
-            })
-            .collect();
+        let got = by_tenant(&parts, |r| {
+            r.iter()
+                .filter(|(k, _)| k == "metric")
+                .map(|(_, v)| v.clone())
+                .collect()
+        });
         assert_eq!(
             got,
             [
