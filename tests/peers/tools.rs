@@ -114,7 +114,9 @@ async fn the_probe_passes_against_cortex_and_fails_readably_once_it_is_stopped()
     }
     for line in [
         "ok    route team-a: emulated endpoints satisfy a Thanos sidecar",
-        "ok    route team-a: tenant team-a accepted (GET /team-a/prometheus/api/v1/labels -> 200)",
+        "ok    route team-a: tenant team-a accepted (GET /team-a/prometheus/api/v1/labels, forwarded as /prometheus/api/v1/labels -> 200)",
+        // The push route is probed on its write path, shown as forwarded.
+        "ok    route team-a-push: push endpoint reachable, tenant team-a accepted, nothing written (GET /team-a/api/v1/push, forwarded as /api/v1/push -> 405)",
         // Cortex answers remote read in SAMPLES only.
         "ok    route team-b: remote read answers samples (POST /team-b/prometheus/api/v1/read -> 200)",
     ] {
