@@ -207,6 +207,82 @@ impl Drop for Child {
     }
 }
 
+/// tenantgate started with JSON logs on a pipe: the log lines before its data listener's
+/// "listening" line, that listener's address, and the rest of the log to read on.
+struct JsonRun {
+    child: Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStderr>>,
+    deadline: Instant,
+    before: Vec<serde_json::Value>,
+    addr: String,
+}
+
+impl JsonRun {
+    fn start(mut cmd: Command) -> JsonRun {
+        let mut child = Child(
+            cmd.args(["--log.format", "json"])
+                .stderr(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn tenantgate"),
+        );
+        let stderr = child.0.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut before = Vec::new();
+        let mut log = String::new();
+        while Instant::now() < deadline {
+            let Some(Ok(line)) = lines.next() else { break };
+            log.push_str(&line);
+            log.push('\n');
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if v["message"] == "listening"
+                && v["listener"] == "data"
+                && let Some(addr) = v["addr"].as_str()
+            {
+                let addr = addr.to_owned();
+                return JsonRun {
+                    child,
+                    lines,
+                    deadline,
+                    before,
+                    addr,
+                };
+            }
+            before.push(v);
+        }
+        panic!("no listening line in:\n{log}")
+    }
+
+    /// The next `n` access-log lines.
+    fn access_lines(&mut self, n: usize) -> Vec<serde_json::Value> {
+        let mut seen = Vec::new();
+        while seen.len() < n && Instant::now() < self.deadline {
+            let Some(Ok(line)) = self.lines.next() else {
+                break;
+            };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["target"] == "tenantgate::access"
+            {
+                seen.push(v);
+            }
+        }
+        seen
+    }
+}
+
+/// One HTTP/1.1 exchange written by hand (std only), the request ending the connection.
+fn exchange(addr: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    resp
+}
+
 #[test]
 fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
     // An upstream that refuses connections: a port just closed.
@@ -214,97 +290,49 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut child = Child(
-        Command::new(BIN)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log.format",
-                "json",
-                "--upstream",
-                &format!("http://{closed}"),
-            ])
-            .env_remove("TENANTGATE_CONFIG")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn tenantgate"),
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", &format!("http://{closed}")])
+        .env_remove("TENANTGATE_CONFIG");
+    let mut run = JsonRun::start(cmd);
+    // The start-up line says what it forwards where.
+    let start = run
+        .before
+        .iter()
+        .find(|v| v["message"] == "tenantgate starting")
+        .expect("a start-up line");
+    let routes = start["routes"].as_str().unwrap_or_default();
+    assert!(routes.contains("default -> mimir as anonymous"), "{start}");
+    let upstreams = start["upstreams"].as_str().unwrap_or_default();
+    assert!(upstreams.contains(&closed.to_string()), "{start}");
+    // The emulated buildinfo endpoint, and a forward to the closed port.
+    let resp = exchange(
+        &run.addr,
+        "GET /prometheus/api/v1/status/buildinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     );
-    // The data port is read from the "listening" log line.
-    let stderr = child.0.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut addr = None;
-    let mut log = String::new();
-    while Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        log.push_str(&line);
-        log.push('\n');
-        let v: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(_) => continue,
-        };
-        if v["message"] == "tenantgate starting" {
-            // The start-up line says what it forwards where.
-            let routes = v["routes"].as_str().unwrap_or_default();
-            assert!(routes.contains("default -> mimir as anonymous"), "{line}");
-            assert!(
-                v["upstreams"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains(&closed.to_string()),
-                "{line}"
-            );
-        }
-        if v["message"] == "listening" && v["listener"] == "data" {
-            addr = v["addr"].as_str().map(str::to_owned);
-            break;
-        }
-    }
-    let Some(addr) = addr else {
-        panic!("no listening line in:\n{log}")
-    };
-    // A plain-HTTP GET with std only: the emulated buildinfo endpoint.
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-    s.write_all(
-        b"GET /prometheus/api/v1/status/buildinfo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains(r#""version":"2.53.0""#), "{resp}");
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-    s.write_all(b"GET /api/v1/labels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    let resp = exchange(
+        &run.addr,
+        "GET /api/v1/labels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     // Both access lines: the client's address, a numeric duration, a 5xx at warn.
     let mut seen = Vec::new();
-    while seen.len() < 2 && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-            continue;
-        };
-        if v["target"] == "tenantgate::access" {
-            assert!(
-                v["client"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .starts_with("127.0.0.1:"),
-                "{line}"
-            );
-            assert!(v["duration_ms"].is_f64(), "{line}");
-            seen.push((
-                v["path"].to_string(),
-                v["status"].clone(),
-                v["level"].clone(),
-            ));
-        }
+    for v in run.access_lines(2) {
+        assert!(
+            v["client"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("127.0.0.1:"),
+            "{v}"
+        );
+        assert!(v["duration_ms"].is_f64(), "{v}");
+        seen.push((
+            v["path"].to_string(),
+            v["status"].clone(),
+            v["level"].clone(),
+        ));
     }
     assert_eq!(
         seen,
@@ -322,6 +350,7 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
         ]
     );
 
+    let child = &mut run.child;
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
@@ -388,46 +417,15 @@ fn a_refused_identity_is_named_in_the_access_log() {
     )
     .unwrap();
     std::fs::write(dir.join("token2"), "writer-token-0123456789").unwrap();
-    let mut child = Child(
-        Command::new(BIN)
-            .args(["--config"])
-            .arg(&config)
-            .args(["--log.format", "json"])
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn tenantgate"),
+    let mut cmd = Command::new(BIN);
+    cmd.arg("--config").arg(&config);
+    let mut run = JsonRun::start(cmd);
+    let resp = exchange(
+        &run.addr,
+        "GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer reader-token-0123456789\r\nConnection: close\r\n\r\n",
     );
-    let stderr = child.0.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut addr = None;
-    while addr.is_none() && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["message"] == "listening"
-            && v["listener"] == "data"
-        {
-            addr = v["addr"].as_str().map(str::to_owned);
-        }
-    }
-    let addr = addr.expect("a listening line");
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
-    s.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer reader-token-0123456789\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
-    let mut logged = None;
-    while logged.is_none() && Instant::now() < deadline {
-        let Some(Ok(line)) = lines.next() else { break };
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-            && v["target"] == "tenantgate::access"
-        {
-            logged = Some(v);
-        }
-    }
+    let logged = run.access_lines(1).pop();
     let v = logged.expect("an access line");
     assert_eq!(v["identity"], "reader", "{v}");
     assert_eq!(v["status"], 403, "{v}");

@@ -16,52 +16,19 @@ pub const MAX_LABELS: usize = 256;
 /// Most symbols in one 2.0 request.
 pub const MAX_SYMBOLS: usize = 1_000_000;
 
-/// How many times each of `tags` occurs at the top level of `buf` (other fields are skipped).
-pub fn count(mut buf: &[u8], tags: &[u32]) -> Result<Vec<usize>, SplitError> {
+/// Walks the top-level fields of `buf`, calling `seen(tag, bytes)` for each: `bytes` is the
+/// field's content for a length-delimited field, `None` for the others (which are skipped).
+fn walk<'a>(
+    mut buf: &'a [u8],
+    mut seen: impl FnMut(u32, Option<&'a [u8]>),
+) -> Result<(), SplitError> {
     let bad = |e: prost::DecodeError| SplitError::Decode(e.to_string());
-    let mut counts = vec![0; tags.len()];
     while !buf.is_empty() {
         let (tag, wire) = decode_key(&mut buf).map_err(bad)?;
-        match wire {
-            WireType::Varint => {
-                decode_varint(&mut buf).map_err(bad)?;
-            }
-            WireType::SixtyFourBit | WireType::ThirtyTwoBit => {
-                let n = if wire == WireType::SixtyFourBit { 8 } else { 4 };
-                buf = buf
-                    .get(n..)
-                    .ok_or_else(|| SplitError::Decode("a field is cut off".into()))?;
-            }
-            WireType::LengthDelimited => {
-                let len = usize::try_from(decode_varint(&mut buf).map_err(bad)?)
-                    .map_err(|_| SplitError::Decode("a field is too long".into()))?;
-                buf = buf
-                    .get(len..)
-                    .ok_or_else(|| SplitError::Decode("a field is cut off".into()))?;
-            }
-            WireType::StartGroup | WireType::EndGroup => {
-                return Err(SplitError::Decode(
-                    "protobuf groups are not used here".into(),
-                ));
-            }
-        }
-        if let Some(i) = tags.iter().position(|t| *t == tag) {
-            counts[i] += 1;
-        }
-    }
-    Ok(counts)
-}
-
-/// The bytes of every length-delimited field `tag` at the top level of `buf`, for counting
-/// inside an embedded message.
-pub fn embedded(mut buf: &[u8], tag: u32) -> Result<Vec<&[u8]>, SplitError> {
-    let bad = |e: prost::DecodeError| SplitError::Decode(e.to_string());
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        let (t, wire) = decode_key(&mut buf).map_err(bad)?;
         let n = match wire {
             WireType::Varint => {
                 decode_varint(&mut buf).map_err(bad)?;
+                seen(tag, None);
                 continue;
             }
             WireType::SixtyFourBit => 8,
@@ -74,15 +41,35 @@ pub fn embedded(mut buf: &[u8], tag: u32) -> Result<Vec<&[u8]>, SplitError> {
                 ));
             }
         };
-        let (field, rest) = (buf.get(..n), buf.get(n..));
-        let (Some(field), Some(rest)) = (field, rest) else {
+        let (Some(field), Some(rest)) = (buf.get(..n), buf.get(n..)) else {
             return Err(SplitError::Decode("a field is cut off".into()));
         };
-        if t == tag && wire == WireType::LengthDelimited {
-            out.push(field);
-        }
+        seen(tag, (wire == WireType::LengthDelimited).then_some(field));
         buf = rest;
     }
+    Ok(())
+}
+
+/// How many times each of `tags` occurs at the top level of `buf`.
+pub fn count(buf: &[u8], tags: &[u32]) -> Result<Vec<usize>, SplitError> {
+    let mut counts = vec![0; tags.len()];
+    walk(buf, |tag, _| {
+        if let Some(i) = tags.iter().position(|t| *t == tag) {
+            counts[i] += 1;
+        }
+    })?;
+    Ok(counts)
+}
+
+/// The contents of every length-delimited field `tag` at the top level of `buf`, for counting
+/// inside an embedded message.
+pub fn embedded(buf: &[u8], tag: u32) -> Result<Vec<&[u8]>, SplitError> {
+    let mut out = Vec::new();
+    walk(buf, |t, field| {
+        if let Some(field) = field.filter(|_| t == tag) {
+            out.push(field);
+        }
+    })?;
     Ok(out)
 }
 

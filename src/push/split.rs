@@ -11,7 +11,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use super::scan;
-use super::wire::{Label, V1MetadataName, V1Request, V1Series, V2Request, V2Series};
+use super::wire::{V1MetadataName, V1Request, V1Series, V2Request, V2Series};
 use crate::auth::Identity;
 use crate::tenant::{LabelTenancy, TenantId};
 
@@ -435,19 +435,6 @@ pub fn split_v2(raw: Bytes, policy: &Policy<'_>) -> Result<Vec<Part>, SplitError
             tenant,
         })
         .collect())
-}
-
-/// Label pairs of a v2 series, resolved (for tests and merging checks).
-pub fn v2_labels(symbols: &[String], refs: &[u32]) -> Vec<Label> {
-    refs.chunks(2)
-        .map(|p| Label {
-            name: symbols.get(p[0] as usize).cloned().unwrap_or_default(),
-            value: symbols
-                .get(*p.get(1).unwrap_or(&0) as usize)
-                .cloned()
-                .unwrap_or_default(),
-        })
-        .collect()
 }
 
 #[cfg(test)]
