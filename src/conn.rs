@@ -25,7 +25,7 @@ use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -341,11 +341,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 /// server drains, when no first request arrives within `limits.header_read` (an HTTP/2 client that sent its
 /// preface and then nothing), or when no request has started for `limits.idle` after that.
 /// `activity` holds the [`mono_ms`] stamp of the last request start, 0 before the first.
+/// `close` asks this one connection to close the same way ([`crate::conns`]).
 pub async fn drive<C: GracefulConnection>(
     conn: C,
     mut stop: watch::Receiver<bool>,
     limits: Limits,
     activity: Arc<AtomicU64>,
+    close: &Notify,
 ) -> Result<(), C::Error> {
     let (first, idle) = (limits.header_read, limits.idle);
     let mut conn = std::pin::pin!(conn);
@@ -362,6 +364,14 @@ pub async fn drive<C: GracefulConnection>(
         tokio::select! {
             result = conn.as_mut() => return result,
             _ = stop.changed(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = close.notified(), if !closing => {
+                if activity.load(Ordering::Relaxed) == 0 {
+                    // Nothing was ever asked on it: nothing to finish.
+                    return Ok(());
+                }
                 conn.as_mut().graceful_shutdown();
                 closing = true;
             }

@@ -23,6 +23,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod conn;
+pub mod conns;
 pub mod discard;
 pub mod error;
 pub mod forward;

@@ -2,7 +2,8 @@
 //! configs, and the names a client certificate carries.
 //!
 //! Files are read when a config is loaded, so a reload picks up rotated certificates and keys;
-//! connections already established keep the material they were opened with.
+//! connections already established keep the material they were opened with, except that one
+//! whose client certificate the reloaded config no longer trusts is closed ([`crate::conns`]).
 
 use std::fmt;
 use std::io::BufReader;
@@ -14,6 +15,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use sha2::{Digest, Sha256};
 
@@ -90,6 +92,8 @@ pub struct ServerTls {
     pub client_auth: ClientAuth,
     pub handshake_timeout: Duration,
     pub config: Arc<ServerConfig>,
+    /// What checks client certificates, kept to check open connections again on reload.
+    verifier: Option<Arc<dyn ClientCertVerifier>>,
 }
 
 impl fmt::Debug for ServerTls {
@@ -117,18 +121,20 @@ impl ServerTls {
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| format!("TLS setup: {e}"))?;
-        let builder = match (&client_ca_file, client_auth) {
+        let verifier = match (&client_ca_file, client_auth) {
             (Some(ca), ClientAuth::Required | ClientAuth::Optional) => {
                 let roots = Arc::new(load_roots(ca)?);
                 let mut v = WebPkiClientVerifier::builder_with_provider(roots, provider());
                 if client_auth == ClientAuth::Optional {
                     v = v.allow_unauthenticated();
                 }
-                builder.with_client_cert_verifier(
-                    v.build().map_err(|e| format!("{}: {e}", ca.display()))?,
-                )
+                Some(v.build().map_err(|e| format!("{}: {e}", ca.display()))?)
             }
-            _ => builder.with_no_client_auth(),
+            _ => None,
+        };
+        let builder = match &verifier {
+            Some(v) => builder.with_client_cert_verifier(v.clone()),
+            None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_single_cert(certs, key).map_err(|e| {
             format!(
@@ -145,7 +151,22 @@ impl ServerTls {
             client_auth,
             handshake_timeout,
             config: Arc::new(config),
+            verifier,
         })
+    }
+
+    /// Whether a handshake under this config would accept a client presenting `chain` (end
+    /// entity first). `false` when client certificates are not asked for at all: a certificate
+    /// identity then has nothing to stand on.
+    pub fn trusts(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let (Some(verifier), Some((end_entity, intermediates))) =
+            (&self.verifier, chain.split_first())
+        else {
+            return false;
+        };
+        verifier
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .is_ok()
     }
 }
 

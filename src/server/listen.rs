@@ -1,0 +1,363 @@
+//! Accepting connections and serving each one: the TLS handshake, protocol detection, then
+//! HTTP/1 or HTTP/2 until [`conn::drive`] ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use super::{State, admin};
+use crate::app::{App, ConnInfo};
+use crate::conn;
+use crate::conns::{Chain, Registration};
+use crate::tls::PeerNames;
+
+/// What an accept loop needs to serve its connections.
+pub(super) struct Listener {
+    pub(super) role: Role,
+    pub(super) state: Arc<State>,
+    pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
+    pub(super) limit: Arc<Semaphore>,
+    pub(super) stop: watch::Receiver<bool>,
+    pub(super) limits: conn::Limits,
+}
+
+/// How long a request body may arrive before `server.body_min_rate` applies: a client's first
+/// seconds (TCP slow start, a TLS handshake just done) say little about its rate.
+pub(super) const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
+
+/// hyper's own HTTP/1 header count limit (parsed on the stack).
+pub(super) const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Connections the admin listener serves at once.
+pub(super) const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// How long a new admin connection waits for the one closed to make room.
+const ADMIN_ROOM_WAIT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    Data,
+    Admin,
+}
+
+pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
+    if ctx.role == Role::Admin {
+        return admin_accept_loop(listener, ctx).await;
+    }
+    loop {
+        // Wait for a free connection slot before accepting, so excess connections queue in the
+        // kernel backlog instead of being accepted and starved.
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = ctx.stop.changed() => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.stop.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Typically EMFILE: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, remote, &ctx, permit);
+    }
+}
+
+/// The admin listener accepts at once and, when all its slots are taken, closes the connection
+/// idle for longest to make room: a probe must not wait behind sockets that only sit there.
+async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = ctx.stop.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(listener = "admin", error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let permit = match ctx.limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                ctx.state.admin_conns.close_idlest();
+                // An idle connection closes at once; one finishing a request (a scrape) within
+                // moments. If none frees a slot in time, the newcomer is refused instead.
+                match tokio::time::timeout(ADMIN_ROOM_WAIT, ctx.limit.clone().acquire_owned()).await
+                {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::warn!(listener = "admin", remote = %remote, "every admin connection is busy; refusing a new one");
+                        continue;
+                    }
+                }
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, remote, &ctx, permit);
+    }
+}
+
+fn serve_connection(
+    stream: TcpStream,
+    remote: SocketAddr,
+    ctx: &Listener,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let tls = match ctx.role {
+        Role::Data => ctx.state.app.runtime().config.server.tls.clone(),
+        Role::Admin => None,
+    };
+    let (role, state, builder, stop, limits) = (
+        ctx.role,
+        ctx.state.clone(),
+        ctx.builder.clone(),
+        ctx.stop.clone(),
+        ctx.limits,
+    );
+    let activity = Arc::new(AtomicU64::new(0));
+    // Admin connections are all in their registry; a data connection joins its registry only
+    // if it presents a client certificate, so plain traffic pays no lock.
+    let mut registration: Option<Registration> = match role {
+        Role::Admin => Some(state.admin_conns.register(activity.clone())),
+        Role::Data => None,
+    };
+    tokio::spawn(async move {
+        let result = match tls {
+            None => {
+                let info = ConnInfo {
+                    remote,
+                    tls: false,
+                    peer: None,
+                };
+                let close = close_signal(registration.as_ref());
+                let conn = Conn {
+                    info,
+                    role,
+                    activity,
+                    close,
+                };
+                serve_stream(stream, conn, &state, &builder, stop, limits).await
+            }
+            Some(tls) => {
+                let Some((stream, peer, chain)) = handshake(stream, &tls, remote).await else {
+                    return;
+                };
+                if let Some(chain) = chain {
+                    let r = state.cert_conns.register(activity.clone());
+                    r.set_chain(chain.clone());
+                    // A reload may have swapped the trust during the handshake, after its sweep
+                    // of the registry: check against what is current now that this one is in it.
+                    if !still_trusted(&state, &tls, &chain) {
+                        tracing::info!(remote = %remote, "client certificate no longer trusted after a reload; closing");
+                        return;
+                    }
+                    registration = Some(r);
+                }
+                let info = ConnInfo {
+                    remote,
+                    tls: true,
+                    peer,
+                };
+                let close = close_signal(registration.as_ref());
+                let conn = Conn {
+                    info,
+                    role,
+                    activity,
+                    close,
+                };
+                serve_stream(stream, conn, &state, &builder, stop, limits).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
+        }
+        drop(registration);
+        drop(permit);
+    });
+}
+
+fn close_signal(registration: Option<&Registration>) -> Arc<Notify> {
+    registration.map_or_else(Arc::default, Registration::close_signal)
+}
+
+/// Whether the data listener's current TLS config still accepts `chain`, which `used` accepted.
+fn still_trusted(state: &State, used: &crate::tls::ServerTls, chain: &Chain) -> bool {
+    match &state.app.runtime().config.server.tls {
+        Some(now) if Arc::ptr_eq(&now.config, &used.config) => true,
+        Some(now) => now.trusts(chain),
+        None => false,
+    }
+}
+
+/// One accepted connection, as [`serve_stream`] needs it.
+struct Conn {
+    info: ConnInfo,
+    role: Role,
+    /// [`conn::mono_ms`] when its last request started, 0 before the first.
+    activity: Arc<AtomicU64>,
+    /// Notified when the connection should close ([`crate::conns`]).
+    close: Arc<Notify>,
+}
+
+/// The TLS handshake, under its own deadline; `None` (logged) if it fails or stalls.
+async fn handshake(
+    stream: TcpStream,
+    tls: &crate::tls::ServerTls,
+    remote: SocketAddr,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<Arc<PeerNames>>,
+    Option<Chain>,
+)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let stream = match tokio::time::timeout(tls.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(remote = %remote, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(remote = %remote, "TLS handshake timed out");
+            return None;
+        }
+    };
+    let certs = stream.get_ref().1.peer_certificates();
+    let peer = certs
+        .and_then(|c| c.first())
+        .and_then(|c| PeerNames::from_der(c))
+        .map(Arc::new);
+    let chain = certs.filter(|c| !c.is_empty()).map(Chain::from);
+    Some((stream, peer, chain))
+}
+
+/// Serves one connection, plain or TLS alike: protocol detection under the header-read
+/// deadline, then HTTP/1 or HTTP/2 until [`conn::drive`] ends it.
+async fn serve_stream<S>(
+    mut stream: S,
+    conn: Conn,
+    state: &Arc<State>,
+    builder: &auto::Builder<TokioExecutor>,
+    stop: watch::Receiver<bool>,
+    limits: conn::Limits,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        info,
+        role,
+        activity,
+        close,
+    } = conn;
+    let prefix = tokio::select! {
+        p = conn::read_preface(&mut stream, limits.header_read) => p,
+        // Told to close before saying anything: nothing to finish.
+        _ = close.notified() => None,
+    };
+    let Some(prefix) = prefix else {
+        return Ok(());
+    };
+    // Lingering: the client reads our last answer even if it is still sending when we close.
+    let io = TokioIo::new(conn::Replay::new(
+        prefix,
+        crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send)),
+    ));
+    match role {
+        Role::Data => {
+            let svc = DataService {
+                app: state.app.clone(),
+                info: Arc::new(info),
+                body_pace: limits.body,
+                activity: activity.clone(),
+            };
+            conn::drive(
+                builder.serve_connection(io, svc).into_owned(),
+                stop,
+                limits,
+                activity,
+                &close,
+            )
+            .await
+        }
+        Role::Admin => {
+            let svc = admin::AdminService {
+                state: state.clone(),
+                activity: activity.clone(),
+            };
+            conn::drive(
+                builder.serve_connection(io, svc).into_owned(),
+                stop,
+                limits,
+                activity,
+                &close,
+            )
+            .await
+        }
+    }
+}
+
+/// The data listener's service for one connection: every request carries the connection's
+/// [`ConnInfo`] (peer address, TLS, client certificate names).
+#[derive(Clone)]
+struct DataService {
+    app: App,
+    info: Arc<ConnInfo>,
+    body_pace: conn::BodyPace,
+    /// When the last request on this connection started ([`conn::mono_ms`]).
+    activity: Arc<AtomicU64>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for DataService {
+    type Response = Response<crate::app::ResponseBody>;
+    type Error = std::convert::Infallible;
+    type Future =
+        std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.activity.store(conn::mono_ms(), Ordering::Relaxed);
+        // A body dropped unread by an early answer goes on being discarded, so that the client
+        // gets the answer (see `discard`).
+        let (parts, body) = req.into_parts();
+        let body = conn::TimedBody::new(body, self.body_pace);
+        let (body, hold) = if parts.version == http::Version::HTTP_2 {
+            crate::discard::RequestBody::held(body)
+        } else {
+            let expects_continue = parts
+                .headers
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            (
+                crate::discard::RequestBody::new(body, expects_continue),
+                None,
+            )
+        };
+        let mut req = Request::from_parts(parts, body);
+        req.extensions_mut().insert((*self.info).clone());
+        let app = self.app.clone();
+        Box::pin(async move {
+            let resp = app.handle(req).await;
+            if let Some(hold) = hold {
+                hold.wait().await;
+            }
+            Ok(resp)
+        })
+    }
+}
