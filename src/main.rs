@@ -226,7 +226,7 @@ fn main() -> ExitCode {
         if !probe {
             return ExitCode::SUCCESS;
         }
-        telemetry::init_logging(cli.log_format, LogLevel::Error);
+        telemetry::init_logging(cli.log_format, LogLevel::Error, false);
         let runtime = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -246,15 +246,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         };
     }
-    telemetry::init_logging(cli.log_format, cli.log_level);
-    serve(
+    telemetry::init_logging(cli.log_format, cli.log_level, true);
+    let code = serve(
         config,
         source,
         AppOptions {
             access_log: serve_args.log_access.unwrap_or(true),
         },
         serve_args.threads,
-    )
+    );
+    telemetry::logbuf::flush();
+    code
 }
 
 /// `tenantgate migrate`: reads --config only when --from or --to name one of its upstreams.
@@ -278,7 +280,7 @@ fn migrate(
         },
         None => None,
     };
-    telemetry::init_logging(log_format, log_level);
+    telemetry::init_logging(log_format, log_level, false);
     ExitCode::from(tenantgate::migrate::main(
         args,
         source.tenant.clone(),

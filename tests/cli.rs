@@ -368,6 +368,71 @@ fn the_default_run_serves_the_dev_shim_and_exits_cleanly_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The log is written by a thread of its own: what it held at exit was written out.
+    let rest: Vec<String> = run.lines.by_ref().map_while(Result::ok).collect();
+    assert!(
+        rest.iter().any(|l| l.contains("all connections closed")),
+        "the drain's last line is missing: {rest:?}"
+    );
+}
+
+#[test]
+fn a_stuck_stderr_never_holds_up_requests_and_the_lost_lines_are_counted() {
+    use std::io::{BufRead, Read, Write};
+    let mut cmd = Command::new(BIN);
+    cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--upstream", "http://127.0.0.1:9"])
+        .env_remove("TENANTGATE_CONFIG");
+    let mut run = JsonRun::start(cmd);
+    let admin = loop {
+        let line = run.lines.next().expect("an admin listening line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if v["message"] == "listening" && v["listener"] == "admin" {
+            break v["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    // From here on nobody reads stderr: the pipe (64 KiB) fills, then the log buffer (2 MiB).
+    // Each request's access line is about 350 bytes, so 12,000 requests overflow both.
+    let mut s = std::net::TcpStream::connect(&run.addr).expect("connect");
+    // A request stuck behind stderr would hang; fail instead.
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let request = b"GET /prometheus/api/v1/status/buildinfo HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut status = String::new();
+    for i in 0..12_000 {
+        s.write_all(request).unwrap();
+        status.clear();
+        reader.read_line(&mut status).unwrap();
+        assert!(
+            status.starts_with("HTTP/1.1 200"),
+            "request {i}: {status:?}"
+        );
+        let mut length = 0;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).unwrap();
+            if h == "\r\n" {
+                break;
+            }
+            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0u8; length];
+        reader.read_exact(&mut body).unwrap();
+    }
+    let metrics = exchange(
+        &admin,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tenantgate_log_lines_dropped_total "))
+        .unwrap_or_else(|| panic!("no dropped-lines metric in:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(dropped > 0, "12,000 lines fit a stuck stderr?\n{metrics}");
 }
 
 #[test]

@@ -70,6 +70,7 @@ async fn metrics_count_known_traffic_exactly_and_promtool_parses_them() {
         r#"tenantgate_requests_in_flight{route="sidecar"} 0"#,
         r#"tenantgate_request_duration_seconds_count{route="sidecar",tenant="team-a"} 4"#,
         "tenantgate_config_last_reload_successful 1",
+        "tenantgate_log_lines_dropped_total 0",
         "# TYPE tenantgate_requests_total counter",
         "# TYPE tenantgate_build_info gauge",
     ] {

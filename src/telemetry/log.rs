@@ -4,6 +4,7 @@ use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -37,10 +38,21 @@ impl LogLevel {
 }
 
 /// Installs the global log subscriber, writing to stderr. Safe to call more than once (tests):
-/// later calls are ignored.
-pub fn init_logging(format: LogFormat, level: LogLevel) {
+/// later calls are ignored. `buffered` (serving): lines go through [`super::logbuf`], so that
+/// no request waits for stderr; call [`super::logbuf::flush`] before exiting.
+pub fn init_logging(format: LogFormat, level: LogLevel, buffered: bool) {
+    match buffered.then(super::logbuf::init).flatten() {
+        Some(writer) => install(format, level, writer),
+        None => install(format, level, std::io::stderr),
+    }
+}
+
+fn install<W>(format: LogFormat, level: LogLevel, writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_max_level(level.filter());
     let _ = match format {
         LogFormat::Json => builder

@@ -133,6 +133,7 @@ impl Metrics {
         // The process metrics have no prefix; tenantgate's own are tenantgate_*.
         let mut root = Registry::default();
         root.register_collector(Box::new(super::process::ProcessCollector));
+        root.register_collector(Box::new(super::logbuf::DroppedCollector));
         let registry = root.sub_registry_with_prefix("tenantgate");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(

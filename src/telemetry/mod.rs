@@ -4,6 +4,7 @@
 pub mod build;
 mod exchange;
 mod log;
+pub mod logbuf;
 mod metrics;
 mod process;
 
