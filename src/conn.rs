@@ -1,9 +1,9 @@
 //! One client connection's life, bounded in time at every stage.
 //!
-//! hyper-util's auto builder reads the first bytes to tell HTTP/2 (which starts with a fixed
-//! preface) from HTTP/1, with no deadline of its own: a client that connects and sends nothing,
-//! or only part of the preface, would hold a connection slot forever. So tenantgate reads those
-//! bytes itself under `server.header_read_timeout` and replays them to hyper. After that, HTTP/1
+//! The first bytes tell HTTP/2 (which starts with a fixed preface) from HTTP/1. tenantgate reads
+//! them itself under `server.header_read_timeout` (a client that connects and sends nothing, or
+//! only part of the preface, must not hold a connection slot forever), replays them to hyper, and
+//! hands the connection to hyper's HTTP/1 or HTTP/2 server directly. After that, HTTP/1
 //! is bounded by hyper's header-read timeout; HTTP/2 has no idle timeout in hyper, so [`drive`]
 //! shuts a connection down gracefully when no request has started on it for
 //! `server.idle_timeout` (streams in progress still finish), or when the server drains.
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, watch};
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Milliseconds on a monotonic clock shared by the process, for activity stamps in atomics.
 /// Never 0, which [`drive`] reads as "no request yet".

@@ -24,6 +24,14 @@ pub fn format_rfc3339(ms: i64) -> String {
     }
 }
 
+/// [`format_rfc3339`] written into `out`, without a string of its own.
+pub fn write_rfc3339(out: &mut impl std::fmt::Write, ms: i64) -> std::fmt::Result {
+    match jiff::Timestamp::from_millisecond(ms) {
+        Ok(t) => write!(out, "{}", t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ")),
+        Err(_) => write!(out, "{ms} ms since 1970"),
+    }
+}
+
 /// An HTTP date (RFC 9110 IMF-fixdate, `Sun, 06 Nov 1994 08:49:37 GMT`), as `Retry-After` may
 /// carry it, in milliseconds since the epoch.
 pub fn parse_http_date(s: &str) -> Option<i64> {

@@ -9,7 +9,6 @@ use std::time::Duration;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -19,11 +18,17 @@ use crate::conn;
 use crate::conns::{Chain, Registration};
 use crate::tls::PeerNames;
 
+/// hyper's servers for the two protocols, set up once from the config.
+pub(super) struct Protocols {
+    pub(super) h1: hyper::server::conn::http1::Builder,
+    pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
 /// What an accept loop needs to serve its connections.
 pub(super) struct Listener {
     pub(super) role: Role,
     pub(super) state: Arc<State>,
-    pub(super) builder: Arc<auto::Builder<TokioExecutor>>,
+    pub(super) builder: Arc<Protocols>,
     pub(super) limit: Arc<Semaphore>,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) limits: conn::Limits,
@@ -254,7 +259,7 @@ async fn serve_stream<S>(
     mut stream: S,
     conn: Conn,
     state: &Arc<State>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &Protocols,
     stop: watch::Receiver<bool>,
     limits: conn::Limits,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
@@ -275,42 +280,49 @@ where
     let Some(prefix) = prefix else {
         return Ok(());
     };
+    let h2 = prefix.as_ref() == conn::H2_PREFACE;
     // Lingering: the client reads our last answer even if it is still sending when we close.
     let io = TokioIo::new(conn::Replay::new(
         prefix,
         crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send)),
     ));
+    // One arm per protocol and role: each connection type is its own future type.
+    macro_rules! serve {
+        ($svc:expr) => {
+            if h2 {
+                conn::drive(
+                    builder.h2.serve_connection(io, $svc),
+                    stop,
+                    limits,
+                    activity,
+                    &close,
+                )
+                .await
+                .map_err(Into::into)
+            } else {
+                conn::drive(
+                    builder.h1.serve_connection(io, $svc),
+                    stop,
+                    limits,
+                    activity,
+                    &close,
+                )
+                .await
+                .map_err(Into::into)
+            }
+        };
+    }
     match role {
-        Role::Data => {
-            let svc = DataService {
-                app: state.app.clone(),
-                info: Arc::new(info),
-                body_pace: limits.body,
-                activity: activity.clone(),
-            };
-            conn::drive(
-                builder.serve_connection(io, svc).into_owned(),
-                stop,
-                limits,
-                activity,
-                &close,
-            )
-            .await
-        }
-        Role::Admin => {
-            let svc = admin::AdminService {
-                state: state.clone(),
-                activity: activity.clone(),
-            };
-            conn::drive(
-                builder.serve_connection(io, svc).into_owned(),
-                stop,
-                limits,
-                activity,
-                &close,
-            )
-            .await
-        }
+        Role::Data => serve!(DataService {
+            app: state.app.clone(),
+            info: Arc::new(info),
+            body_pace: limits.body,
+            activity: activity.clone(),
+        }),
+        Role::Admin => serve!(admin::AdminService {
+            state: state.clone(),
+            activity: activity.clone(),
+        }),
     }
 }
 

@@ -1,7 +1,7 @@
 //! Listeners, connections, reload and graceful shutdown; the admin endpoints are in [`admin`].
 //!
-//! Each accepted connection is served by hyper's auto builder (HTTP/1.1, or HTTP/2 with prior
-//! knowledge), under a header-read timeout so a slow client cannot hold a connection forever,
+//! Each accepted connection is served by hyper's HTTP/1.1 or HTTP/2 server (prior knowledge, or
+//! ALPN `h2` over TLS), as its first bytes say, under a header-read timeout so a slow client cannot hold a connection forever,
 //! and counted against `server.max_connections`. On shutdown, readiness goes false first, the
 //! listeners close, and connections get `server.shutdown_grace` to finish what they started.
 
@@ -9,7 +9,8 @@ mod admin;
 mod listen;
 
 use listen::{
-    ADMIN_MAX_CONNECTIONS, BODY_RATE_GRACE, HYPER_DEFAULT_MAX_HEADERS, Listener, Role, accept_loop,
+    ADMIN_MAX_CONNECTIONS, BODY_RATE_GRACE, HYPER_DEFAULT_MAX_HEADERS, Listener, Protocols, Role,
+    accept_loop,
 };
 
 use std::future::Future;
@@ -20,7 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
@@ -178,27 +178,26 @@ impl Server {
     /// Serves until `shutdown` completes, then drains: readiness false, listeners closed,
     /// in-flight requests given `server.shutdown_grace` to finish.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        // The preface check (`conn::read_preface`) already knows the protocol, so each
+        // connection goes straight to hyper's HTTP/1 or HTTP/2 server, not through a sniffer.
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             // hyper answers 431 when the request head does not fit.
             .max_buf_size(self.max_header_bytes);
         if self.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             // Only when changed: a custom limit moves header parsing from the stack to the heap.
-            builder.http1().max_headers(self.max_headers);
+            h1.max_headers(self.max_headers);
         }
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
             // Fewer streams per connection than hyper's 200: max_requests_in_flight is the real cap.
             .max_concurrent_streams(100)
             // Pings find dead peers; an HTTP/2 connection otherwise never times out.
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
-        let builder = Arc::new(builder);
+        let builder = Arc::new(Protocols { h1, h2 });
         // Each connection holds a permit of its listener's semaphore until it is done, so the
         // drain waits for all permits to come back. The admin listener has its own permits and
         // stop signal: it keeps answering (readiness 503, metrics) while the data listeners

@@ -67,9 +67,22 @@ where
 /// Formats events as logfmt: `ts=... level=info msg="..." key=value`.
 struct Logfmt;
 
+/// Strings reused from one event to the next on a thread: the access log formats a line per
+/// request, and these would otherwise be allocated (and freed) every time.
+#[derive(Default)]
+struct Scratch {
+    fields: String,
+    message: String,
+    value: String,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
+}
+
 struct LogfmtFields<'a> {
-    out: &'a mut String,
-    message: Option<String>,
+    scratch: &'a mut Scratch,
+    has_message: bool,
 }
 
 fn logfmt_value(out: &mut String, v: &str) {
@@ -95,24 +108,76 @@ fn logfmt_value(out: &mut String, v: &str) {
     }
 }
 
+impl LogfmtFields<'_> {
+    fn field(&mut self, name: &str, value: &str) {
+        let out = &mut self.scratch.fields;
+        out.push(' ');
+        out.push_str(name);
+        out.push('=');
+        logfmt_value(out, value);
+    }
+}
+
 impl Visit for LogfmtFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message = Some(value.to_owned());
+            self.scratch.message.clear();
+            self.scratch.message.push_str(value);
+            self.has_message = true;
         } else {
-            self.out.push(' ');
-            self.out.push_str(field.name());
-            self.out.push('=');
-            logfmt_value(self.out, value);
+            self.field(field.name(), value);
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.record_str(field, &format!("{value:?}"));
+        // Formatted into a reused string, then quoted as needed.
+        let mut v = std::mem::take(&mut self.scratch.value);
+        v.clear();
+        let _ = write!(v, "{value:?}");
+        self.record_str(field, &v);
+        self.scratch.value = v;
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.record_str(field, &value.to_string());
+        let mut v = std::mem::take(&mut self.scratch.value);
+        v.clear();
+        let _ = write!(v, "{value}");
+        self.record_str(field, &v);
+        self.scratch.value = v;
+    }
+}
+
+fn level_name(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::TRACE => "trace",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::INFO => "info",
+        tracing::Level::WARN => "warn",
+        tracing::Level::ERROR => "error",
+    }
+}
+
+impl Logfmt {
+    fn render(scratch: &mut Scratch, writer: &mut Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        scratch.fields.clear();
+        let mut v = LogfmtFields {
+            scratch,
+            has_message: false,
+        };
+        event.record(&mut v);
+        let has_message = v.has_message;
+        write!(writer, "ts=")?;
+        crate::time::write_rfc3339(writer, crate::time::now_millis())?;
+        write!(writer, " level={}", level_name(event.metadata().level()))?;
+        if has_message {
+            // The message goes through the same quoting as any value, via the value scratch.
+            let mut quoted = std::mem::take(&mut scratch.value);
+            quoted.clear();
+            logfmt_value(&mut quoted, &scratch.message);
+            write!(writer, " msg={quoted}")?;
+            scratch.value = quoted;
+        }
+        writeln!(writer, "{}", scratch.fields)
     }
 }
 
@@ -127,24 +192,11 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut fields = String::new();
-        let mut v = LogfmtFields {
-            out: &mut fields,
-            message: None,
-        };
-        event.record(&mut v);
-        let message = v.message.take();
-        let mut line = String::with_capacity(64 + fields.len());
-        line.push_str("ts=");
-        line.push_str(&crate::time::format_rfc3339(crate::time::now_millis()));
-        line.push_str(" level=");
-        line.push_str(&event.metadata().level().as_str().to_ascii_lowercase());
-        if let Some(m) = message {
-            line.push_str(" msg=");
-            logfmt_value(&mut line, &m);
-        }
-        line.push_str(&fields);
-        writeln!(writer, "{line}")
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => Logfmt::render(&mut scratch, &mut writer, event),
+            // A value's Debug that logs itself: format that one with fresh strings.
+            Err(_) => Logfmt::render(&mut Scratch::default(), &mut writer, event),
+        })
     }
 }
 
