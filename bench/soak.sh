@@ -39,10 +39,10 @@ if [ ! -s "$report" ]; then
     echo "soak: the test wrote no figures (it failed before the end); nothing recorded" >&2
     exit 1
 fi
-python3 - "$report" "$status" "$command" "$revision" "$(nproc)" >bench/SOAK.md <<'EOF'
+python3 - "$report" "$status" "$command" "$revision" "$(nproc)" "$bin" >bench/SOAK.md <<'EOF'
 import json, sys, datetime
 r = json.load(open(sys.argv[1]))
-status, command, revision, cpus = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
+status, command, revision, cpus, binary = sys.argv[2:7]
 when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 out = r["outcomes"]
 total = r["requests"]
@@ -50,7 +50,7 @@ def mib(k): return f"{k / 1024:.1f} MiB"
 print("# Soak")
 print()
 print(f"Recorded run: `bash bench/soak.sh {r['secs']} {r['rate']}` on {when}, {cpus} CPUs (shared with other work),")
-print(f"tenantgate `{revision}` (release build). Result: **{'PASS' if status == '0' else 'FAIL'}**.")
+print(f"`{revision}`, binary `{binary}`. Result: **{'PASS' if status == '0' else 'FAIL'}**.")
 print()
 print("The script ran:")
 print()
@@ -64,7 +64,8 @@ print("config is reloaded every second (`POST /-/reload`; the forwarded route's 
 print("time), the server certificate is replaced by a new one from the same CA every tenth reload, and the upstream")
 print("crashes (listener and connections dropped) every 5 s and listens again on the same port 300 ms later. Every")
 print("answer is checked against what the upstream saw (tenant, path and id, body digest); a 502 or 504 is allowed")
-print("only for a forwarded request that overlapped an upstream restart. No latency is measured.")
+print("only for a forwarded request that overlapped an upstream restart, which lasts until tenantgate has closed its")
+print("connections to the crashed instance. At most 64 requests are in flight. No latency is measured.")
 print()
 print("| figure | value |")
 print("|---|---|")
@@ -72,6 +73,7 @@ print(f"| duration | {r['elapsed_secs']:.1f} s (warm-up {r['warmup_secs']} s) |"
 print(f"| requests | {total:,} ({total / r['elapsed_secs']:.0f}/s) |")
 for k, n in sorted(out.items(), key=lambda kv: -kv[1]):
     print(f"| outcome `{k}` | {n:,} ({100 * n / total:.2f}%) |")
+print(f"| sends that waited for one of the 64 request slots (the client fell behind) | {r['waits_for_slot']:,} |")
 print(f"| answers checked against a single config version | {r['exact_epoch_checks']:,} |")
 print(f"| reloads | {r['reloads']} |")
 print(f"| certificate rotations (new certificate seen by a fresh connection right after) | {r['rotations']} ({r['rotations_verified']} verified) |")
