@@ -43,9 +43,24 @@ impl Pki {
         ip: bool,
         client: bool,
     ) -> (PathBuf, PathBuf) {
+        self.issue_serial(file, cn, dns, ip, client, None)
+    }
+
+    /// [`Pki::issue`] with a chosen serial number, so that a test can tell which of several
+    /// certificates a server presented.
+    pub fn issue_serial(
+        &self,
+        file: &str,
+        cn: &str,
+        dns: &[&str],
+        ip: bool,
+        client: bool,
+        serial: Option<u64>,
+    ) -> (PathBuf, PathBuf) {
         let mut params =
             CertificateParams::new(dns.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         params.distinguished_name.push(DnType::CommonName, cn);
+        params.serial_number = serial.map(rcgen::SerialNumber::from);
         if ip {
             params
                 .subject_alt_names
