@@ -567,11 +567,14 @@ routes:
     let gate = Gate::start(&yaml, "").await;
     let (status, _, body) = get(&gate.url("/good/api/v1/labels")).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    let log = std::fs::read_to_string(pki.dir.join("access.log")).unwrap_or_default();
-    assert!(
-        log.contains("tenant=team-a client=CN=tenantgate verify=SUCCESS"),
-        "{log}"
-    );
+    // NGINX writes its access log line after it sent the response, so it may come a moment
+    // after the answer did.
+    let access_log = pki.dir.join("access.log");
+    eventually(20, "NGINX logged the request with tenantgate's certificate", || {
+        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        async move { log.contains("tenant=team-a client=CN=tenantgate verify=SUCCESS") }
+    })
+    .await;
 
     // NGINX answers 400 itself when no certificate was sent; that answer passes through.
     let (status, _, _) = get(&gate.url("/nocert/api/v1/labels")).await;
