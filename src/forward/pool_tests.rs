@@ -489,9 +489,17 @@ fn tls_upstream(dir: &std::path::Path) -> (std::path::PathBuf, tokio_rustls::Tls
 
 #[tokio::test]
 async fn over_tls_the_server_name_is_checked_and_alpn_picks_the_protocol() {
-    let dir = std::env::temp_dir().join(format!("tenantgate-pool-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (ca_file, acceptor) = tls_upstream(&dir);
+    /// Removes the certificates' directory, even when an assertion fails.
+    struct TempDir(std::path::PathBuf);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("tenantgate-pool-tls-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let (ca_file, acceptor) = tls_upstream(&dir.0);
     let upstream = TestUpstream::start(Some(acceptor)).await;
     let url = format!("https://127.0.0.1:{}", upstream.addr.port());
     for (http2, version) in [(false, "HTTP/1.1"), (true, "HTTP/2.0")] {
@@ -529,5 +537,4 @@ async fn over_tls_the_server_name_is_checked_and_alpn_picks_the_protocol() {
         }
         other => panic!("expected an upstream error, got {other:?}"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
