@@ -570,10 +570,14 @@ routes:
     // NGINX writes its access log line after it sent the response, so it may come a moment
     // after the answer did.
     let access_log = pki.dir.join("access.log");
-    eventually(20, "NGINX logged the request with tenantgate's certificate", || {
-        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
-        async move { log.contains("tenant=team-a client=CN=tenantgate verify=SUCCESS") }
-    })
+    eventually(
+        20,
+        "NGINX logged the request with tenantgate's certificate",
+        || {
+            let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+            async move { log.contains("tenant=team-a client=CN=tenantgate verify=SUCCESS") }
+        },
+    )
     .await;
 
     // NGINX answers 400 itself when no certificate was sent; that answer passes through.
