@@ -384,7 +384,7 @@ impl App {
             });
         }
         let target = route.rewrite.apply(&path);
-        let uri = upstream.uri_for(&target, req.uri().query())?;
+        let uri = upstream.uri_for_request(&target, req.uri())?;
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         headers::set_tenant(&mut parts.headers, tenant);
@@ -393,7 +393,7 @@ impl App {
             parts.headers.remove(header::AUTHORIZATION);
         }
         headers::add_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
-        // The client's Host names tenantgate; the client library sets the upstream's from the URI.
+        // The client's Host names tenantgate; the pool sets the upstream's.
         parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.extensions = http::Extensions::new();

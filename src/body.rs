@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 /// Errors while streaming a body.
@@ -26,7 +25,7 @@ pin_project_lite::pin_project! {
     pub enum ProxyBody {
         Full { data: Option<Bytes> },
         Upstream {
-            #[pin] inner: Incoming,
+            #[pin] inner: crate::forward::PooledBody,
             idle: Duration,
             // Armed only when the upstream makes us wait, and re-armed only after progress: most
             // responses arrive in one piece and never touch the timer wheel.
@@ -44,7 +43,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, idle: Duration) -> Self {
+    pub fn upstream(inner: crate::forward::PooledBody, idle: Duration) -> Self {
         ProxyBody::Upstream {
             inner,
             idle,

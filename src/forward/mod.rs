@@ -1,6 +1,11 @@
-//! Forwarding to an upstream: one pooled hyper client per upstream, bodies streamed both ways.
+//! Forwarding to an upstream: one connection pool per upstream ([`pool`]), bodies streamed
+//! both ways.
 
 pub mod headers;
+mod pool;
+mod pooled_body;
+
+pub use pooled_body::PooledBody;
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -10,18 +15,17 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::config::UpstreamSettings;
 use crate::error::{ProxyError, UpstreamErrorKind};
+use pool::{Pool, SendError};
 
 /// The body type sent upstream.
 pub type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -112,7 +116,7 @@ where
 /// One upstream: its settings and its connection pool.
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    client: Client<HttpsConnector<HttpConnector>, UpstreamBody>,
+    pool: Pool,
     /// Result of the last health check; true when the upstream has none.
     healthy: AtomicBool,
 }
@@ -145,6 +149,14 @@ fn tls_config(settings: &UpstreamSettings) -> Result<rustls::ClientConfig, Strin
 
 impl Upstream {
     pub fn new(settings: UpstreamSettings) -> Result<Self, String> {
+        Self::with_idle_timeout(settings, POOL_IDLE_TIMEOUT)
+    }
+
+    /// [`Upstream::new`] with another idle timeout for pooled connections (tests).
+    pub(crate) fn with_idle_timeout(
+        settings: UpstreamSettings,
+        idle_timeout: Duration,
+    ) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -167,16 +179,11 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(http)
         };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http2_only(settings.http2)
-            .build(connector);
+        let pool = Pool::new(connector, &settings.origin, settings.http2, idle_timeout)?;
         let healthy = AtomicBool::new(settings.health_check.is_none());
         Ok(Upstream {
             settings,
-            client,
+            pool,
             healthy,
         })
     }
@@ -192,19 +199,14 @@ impl Upstream {
             return Ok(());
         };
         let uri = self.uri_for(&hc.path, None).map_err(|e| e.to_string())?;
-        let mut req = Request::get(uri)
+        let req = Request::get(uri)
             .body(
                 http_body_util::Empty::<Bytes>::new()
                     .map_err(|e| match e {})
                     .boxed_unsync(),
             )
             .map_err(|e| e.to_string())?;
-        *req.version_mut() = if self.settings.http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
-        match tokio::time::timeout(hc.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(hc.timeout, self.pool.send(req)).await {
             Ok(Ok(resp)) if resp.status().is_success() => Ok(()),
             Ok(Ok(resp)) => Err(format!("GET {} answered {}", hc.path, resp.status())),
             Ok(Err(e)) => Err(self.classify(&e).to_string()),
@@ -249,48 +251,59 @@ impl Upstream {
         });
     }
 
-    /// The full upstream URI for a rewritten path and the original query.
+    /// The upstream request URI (origin-form: path and query) for a rewritten path and the
+    /// original query.
     pub fn uri_for(&self, path: &str, query: Option<&str>) -> Result<Uri, ProxyError> {
         let base = &self.settings.base_path;
-        let pq = match query {
-            Some(q) => format!("{base}{path}?{q}"),
-            None => format!("{base}{path}"),
-        };
-        let mut parts = self.settings.origin.clone().into_parts();
-        parts.path_and_query = Some(
-            pq.parse()
-                .map_err(|e| ProxyError::Internal(format!("bad upstream path: {e}")))?,
-        );
-        Uri::from_parts(parts).map_err(|e| ProxyError::Internal(format!("bad upstream URI: {e}")))
+        let mut pq =
+            String::with_capacity(base.len() + path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(base);
+        pq.push_str(path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        // From a `Bytes`, the path is checked but not copied again.
+        let pq = PathAndQuery::from_maybe_shared(Bytes::from(pq))
+            .map_err(|e| ProxyError::Internal(format!("bad upstream path: {e}")))?;
+        Ok(Uri::from(pq))
     }
 
-    /// Sends a prepared request (URI and headers already set) and returns the response with its
-    /// body streaming. Only the wait for response headers has a deadline.
+    /// [`Upstream::uri_for`] the client's request: when the forwarded path is the one the
+    /// client sent and there is no base path, the client's path and query are reused as they
+    /// are (shared, not copied).
+    pub fn uri_for_request(&self, path: &str, client: &Uri) -> Result<Uri, ProxyError> {
+        if self.settings.base_path.is_empty()
+            && client.path() == path
+            && let Some(pq) = client.path_and_query()
+        {
+            return Ok(Uri::from(pq.clone()));
+        }
+        self.uri_for(path, client.query())
+    }
+
+    /// Sends a prepared request (URI and headers already set; the URI's path and query are
+    /// what is sent) and returns the response with its body streaming. Only the wait for
+    /// response headers has a deadline.
     pub async fn send(
         &self,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        *req.version_mut() = if self.settings.http2 {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
         let timeouts = self.settings.timeouts;
-        let resp =
-            match tokio::time::timeout(timeouts.response_header, self.client.request(req)).await {
-                Ok(Ok(resp)) => resp,
-                Ok(Err(e)) => return Err(self.classify(&e)),
-                Err(_) => {
-                    return Err(ProxyError::Upstream {
-                        upstream: self.settings.name.clone(),
-                        kind: UpstreamErrorKind::Timeout,
-                        detail: format!(
-                            "no response headers within {}",
-                            crate::config::units::format_duration(timeouts.response_header)
-                        ),
-                    });
-                }
-            };
+        let resp = match tokio::time::timeout(timeouts.response_header, self.pool.send(req)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return Err(self.classify(&e)),
+            Err(_) => {
+                return Err(ProxyError::Upstream {
+                    upstream: self.settings.name.clone(),
+                    kind: UpstreamErrorKind::Timeout,
+                    detail: format!(
+                        "no response headers within {}",
+                        crate::config::units::format_duration(timeouts.response_header)
+                    ),
+                });
+            }
+        };
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             // An upgrade tenantgate never asked for (it strips `Upgrade`): passing it on would
             // be a bare 101 on HTTP/1.1 and an illegal response on HTTP/2.
@@ -309,10 +322,14 @@ impl Upstream {
         ))
     }
 
-    /// Maps a client error to what the caller is told, walking the error's causes.
-    fn classify(&self, err: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut source: Option<&(dyn StdError + 'static)> = err.source();
-        let mut kind = if err.is_connect() {
+    /// Maps a failed exchange to what the caller is told, walking the error's causes.
+    fn classify(&self, err: &SendError) -> ProxyError {
+        let (first, connect): (&(dyn StdError + 'static), bool) = match err {
+            SendError::Connect(e) => (&**e, true),
+            SendError::Request(e) => (e, false),
+        };
+        let mut source = Some(first);
+        let mut kind = if connect {
             UpstreamErrorKind::Connect
         } else {
             UpstreamErrorKind::Reset
@@ -341,21 +358,23 @@ impl Upstream {
                 if io.kind() == std::io::ErrorKind::TimedOut {
                     kind = UpstreamErrorKind::Timeout;
                 }
-                if io
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<rustls::Error>())
-                {
-                    kind = UpstreamErrorKind::Tls;
+                // An io::Error's `source()` skips the error it wraps, so look inside: that is
+                // where the rustls::Error is (hyper-rustls wraps tokio-rustls's io::Error).
+                if let Some(inner) = io.get_ref() {
+                    detail = Some(e.to_string());
+                    source = Some(inner);
+                    continue;
                 }
             }
             detail = Some(e.to_string());
             source = e.source();
         }
-        let detail = match (err.is_connect(), detail) {
+        // The innermost cause says most ("connection refused", "connection reset by peer").
+        let detail = match (connect, detail) {
             (true, Some(d)) => format!("cannot connect: {d}"),
             (true, None) => "cannot connect".to_owned(),
             (false, Some(d)) => d,
-            (false, None) => err.to_string(),
+            (false, None) => first.to_string(),
         };
         ProxyError::Upstream {
             upstream: self.settings.name.clone(),
