@@ -121,7 +121,7 @@ routes:
   - name: push
     match: { path: /api/v1/push, methods: [POST] }
     upstream: mimir
-    tenant: { from: label, labels: [team], default: shared, remove_label: true }
+    tenant: { from: label, labels: [team], default: shared, remove_label: true, allow: [a, b, shared] }
   - name: header
     match: { path_prefix: /internal }
     upstream: mimir
@@ -175,8 +175,8 @@ for name, v in [
 ]:
     write("basic_auth", name, v)
 
-# ---- read_frames: mode byte (mode % 3: 0 raw stream, 1 payloads framed by the harness,
-# 2 one XOR chunk; mode >> 2: piece size - 1), then the bytes ----
+# ---- read_frames: mode byte (bits 0-1: 0 raw stream, 1 payloads framed by the harness,
+# 2 one XOR chunk; bits 2-7: piece size - 1), then the bytes ----
 
 def xor_chunk():
     """Two samples: t=1000 v=1.0, t=1015 v=1.0 (the second value unchanged: a 0 bit)."""

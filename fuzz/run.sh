@@ -79,7 +79,9 @@ for t in "${targets[@]}"; do
     if [ "$status" != 0 ] || [ -n "$(ls -A "$artifacts")" ]; then
         failed+=("$t")
         echo "fuzz: $t FAILED (exit $status); the end of its log:" >&2
-        grep -v '^#[0-9]' "$log" | tail -40 >&2
+        # The panic message, then libFuzzer's summary (the backtrace in between is long).
+        grep -A3 -m1 'panicked at' "$log" >&2 || true
+        grep -v '^#[0-9]' "$log" | grep -A8 -m1 '^==[0-9]*== ERROR' >&2 || tail -20 "$log" >&2
         for a in "$artifacts"*; do
             [ -f "$a" ] || continue
             echo "fuzz: $t: input $(basename "$a") ($(wc -c <"$a") bytes), base64:" >&2

@@ -30,7 +30,8 @@ pub fn run(data: &[u8]) {
                 !e.errors.is_empty(),
                 "a config error without a single error listed"
             );
-            let lines = text.lines().count() + 1;
+            // Lines as YAML counts them: LF, CRLF, and a lone CR each end one.
+            let lines = text.replace("\r\n", "\n").matches(['\n', '\r']).count() + 1;
             for err in &e.errors {
                 assert!(
                     err.line.is_none_or(|l| l <= lines),

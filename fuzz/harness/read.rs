@@ -62,12 +62,14 @@ pub fn run(data: &[u8]) {
     let Some((&mode, rest)) = data.split_first() else {
         return;
     };
-    let stream = match mode % 3 {
-        0 => rest.to_vec(),
+    // Bits 0-1: the input is the raw stream (0, 3), payloads to frame (1), or one XOR chunk (2).
+    let stream = match mode & 3 {
         1 => framed(rest),
-        _ => return check_chunk(rest),
+        2 => return check_chunk(rest),
+        _ => rest.to_vec(),
     };
-    // However the body is cut into pieces, the same frames come out, then the same error.
+    // Bits 2-7: the size of the pieces the body arrives in, less one. However it is cut, the same
+    // frames come out, then the same error.
     let piece = usize::from(mode >> 2) + 1;
     let whole = frames(&stream, stream.len());
     let pieces = frames(&stream, piece);
