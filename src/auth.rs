@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use sha2::{Digest, Sha256};
 
 use crate::login_state::{
@@ -144,6 +144,37 @@ fn base64_decode(s: &str) -> Option<Vec<u8>> {
     base64::Engine::decode(&BASIC_BASE64, s).ok()
 }
 
+/// What an `Authorization` header presents, before any credential is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// `Basic`: base64 of `user:password` (the user ends at the first `:`).
+    Basic { user: String, password: String },
+    /// `Bearer`: the token as sent, surrounding spaces trimmed.
+    Bearer(&'a str),
+}
+
+/// Reads one `Authorization` header value: scheme (any case), one space, credentials. Anything
+/// else, including basic credentials that are not base64 of UTF-8 `user:password`, is
+/// [`AuthError::Invalid`]. Pure parsing, no secret compared: public so that it can be fuzzed.
+pub fn parse_authorization(value: &HeaderValue) -> Result<Presented<'_>, AuthError> {
+    let value = value.to_str().map_err(|_| AuthError::Invalid)?;
+    let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Invalid)?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64_decode(rest).ok_or(AuthError::Invalid)?;
+        let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
+        let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
+        Ok(Presented::Basic {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        Ok(Presented::Bearer(rest))
+    } else {
+        Err(AuthError::Invalid)
+    }
+}
+
 /// Reads a user's bcrypt hash from an htpasswd file.
 pub fn htpasswd_hash(path: &std::path::Path, user: &str) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
@@ -227,15 +258,9 @@ impl Identities {
             if values.next().is_some() {
                 return Err(AuthError::Invalid);
             }
-            let value = value.to_str().map_err(|_| AuthError::Invalid)?;
-            let (scheme, rest) = value.split_once(' ').ok_or(AuthError::Invalid)?;
-            let rest = rest.trim();
-            return if scheme.eq_ignore_ascii_case("basic") {
-                self.basic(rest, client).await
-            } else if scheme.eq_ignore_ascii_case("bearer") {
-                self.bearer(rest)
-            } else {
-                Err(AuthError::Invalid)
+            return match parse_authorization(value)? {
+                Presented::Basic { user, password } => self.basic(&user, &password, client).await,
+                Presented::Bearer(token) => self.bearer(token),
             };
         }
         if let Some(names) = peer {
@@ -264,10 +289,12 @@ impl Identities {
         found.ok_or(AuthError::Invalid)
     }
 
-    async fn basic(&self, encoded: &str, client: IpAddr) -> Result<Arc<Identity>, AuthError> {
-        let decoded = base64_decode(encoded).ok_or(AuthError::Invalid)?;
-        let decoded = String::from_utf8(decoded).map_err(|_| AuthError::Invalid)?;
-        let (user, password) = decoded.split_once(':').ok_or(AuthError::Invalid)?;
+    async fn basic(
+        &self,
+        user: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<Arc<Identity>, AuthError> {
         let Some(decoy) = &self.decoy else {
             return Err(AuthError::Invalid);
         };
@@ -331,7 +358,6 @@ impl Identities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     /// An address of its own for each check, so the failed-login limit of one test never
     /// touches another (the count is process-wide).
