@@ -71,7 +71,8 @@ def summary_line(setup, mine):
         if case in mine:
             s = mine[case][-1]
             cpu = f", {s['cpu_us']:.1f} µs/req" if "cpu_us" in s else ""
-            parts.append(f"{case} {s['rps']:,.0f}/s{cpu}")
+            err = f", {s['sock_errors']} socket errors" if s.get("sock_errors") else ""
+            parts.append(f"{case} {s['rps']:,.0f}/s{cpu}{err}")
     return f"  {setup.name}: " + "; ".join(parts)
 
 

@@ -21,11 +21,11 @@ def saturate(run, args, path, script=None, settle=0.0):
     """wrk at args.load_conns connections; the proxy's CPU during it (and `settle` seconds
     after, for work a proxy defers, such as a buffered log flush)."""
     before = cpu_seconds(run.pids())
-    rps, n = load.wrk(base(run) + path, args.seconds, run.headers, args.load_conns, script)
+    rps, n, errors = load.wrk(base(run) + path, args.seconds, run.headers, args.load_conns, script)
     if settle:
         time.sleep(settle)
     cpu = cpu_seconds(run.pids()) - before
-    out = {"rps": rps, "requests": n}
+    out = {"rps": rps, "requests": n, "sock_errors": errors}
     if run.procs and n:
         out["cpu_us"] = cpu / n * 1e6
     return out

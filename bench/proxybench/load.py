@@ -45,7 +45,7 @@ def header_args(flag, headers):
 
 def wrk(url, seconds, headers, conns, script=None):
     """Closed loop: `conns` connections, each sending as soon as the last answer came.
-    Returns (requests/s, requests completed)."""
+    Returns (requests/s, requests completed, socket errors)."""
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s"] + header_args("-H", headers)
     if script:
         argv += ["-s", script]
@@ -55,7 +55,10 @@ def wrk(url, seconds, headers, conns, script=None):
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise RuntimeError(f"{url}: {errors.group(1)} non-2xx responses\n{out}")
-    return rps, total
+    # Connections the proxy dropped or timed out: counted, since a proxy that drops them
+    # would look cheaper per request than one that serves them all.
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return rps, total, sum(int(g) for g in sock.groups()) if sock else 0
 
 
 def oha_latency(url, seconds, rate, headers):

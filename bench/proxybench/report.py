@@ -29,7 +29,8 @@ def ratio_text(results, setup, ref, case, key):
 
 
 def load_table(results):
-    lines = ["| case | setup | CPU µs per request | vs ref | requests/s | vs ref |", "|---|---|---|---|---|---|"]
+    lines = ["| case | setup | CPU µs per request | vs ref | requests/s | vs ref | wrk socket errors (worst) |",
+             "|---|---|---|---|---|---|---|"]
     for case, label, ref in LOAD_CASES:
         for s in SETUPS:
             if case not in s.cases or s.key not in results:
@@ -37,7 +38,7 @@ def load_table(results):
             lines.append(
                 f"| {label} | {s.name} | {cell(results, s.key, case, 'cpu_us', num(1))} | "
                 f"{ratio_text(results, s.key, ref, case, 'cpu_us')} | {cell(results, s.key, case, 'rps', num(0))} | "
-                f"{ratio_text(results, s.key, ref, case, 'rps')} |")
+                f"{ratio_text(results, s.key, ref, case, 'rps')} | {worst(results, s.key, case, 'sock_errors') or 0} |")
     logged = [f"{NAMES[k]} {median(results, k, 'get_logs', 'logged'):.2f}"
               for k in ("nginx-logs", "tg-logs") if median(results, k, "get_logs", "logged") is not None]
     if logged:
