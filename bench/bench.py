@@ -157,7 +157,7 @@ def versions(binary, nginx):
             r = subprocess.run(argv, capture_output=True, text=True)
             return (r.stdout or r.stderr).strip().splitlines()[0]
         except (OSError, IndexError):
-            return "not installed"
+            return f"{os.path.basename(argv[0])} not installed"
     return {
         "tenantgate": first([binary, "--version"]),
         "nginx": first([nginx, "-v"]),
