@@ -83,6 +83,10 @@ def main():
     if args.setups:
         keys = args.setups.split(",")
         chosen = [s for s in setups.SETUPS if s.key in keys]
+        unknown = set(keys) - {s.key for s in chosen}
+        if unknown or not chosen:
+            print(f"bench: unknown setup(s) {','.join(sorted(unknown)) or '(none given)'}", file=sys.stderr)
+            return 2
     workdir = tempfile.mkdtemp(prefix="tenantgate-bench-")
     os.chmod(workdir, 0o755)  # NGINX workers run as an unprivileged user when started by root
     big = os.path.join(workdir, "big.bin")

@@ -136,6 +136,7 @@ class Ctx:
     up_port: int
     binary: str
     nginx: str
+    post_script: str = ""  # the wrk Lua script of the push-sized POST (load.write_post_script)
 
 
 @dataclass
