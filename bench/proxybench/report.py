@@ -85,7 +85,9 @@ def targets(results, args):
             out.append(f"- not measured: {text}")
         else:
             ok = r >= limit if higher else r <= limit
-            out.append(f"- {'met' if ok else 'NOT met'}: {text} ({r:.2f}x)")
+            # A third decimal when two would round onto the limit and hide which side it is on.
+            shown = f"{r:.3f}" if abs(r - limit) < 0.005 else f"{r:.2f}"
+            out.append(f"- {'met' if ok else 'NOT met'}: {text} ({shown}x)")
 
     line("tg", "nginx", "get", "cpu_us", 1.10, False, "forwarded CPU per request ≤ 1.10x one NGINX layer")
     line("tg", "nginx", "emu", "cpu_us", 1.0, False, "emulated CPU per request ≤ 1.0x NGINX `return 200`")
