@@ -123,6 +123,7 @@ def main():
         return 0
     meta = {
         "cpus": cpus(),
+        "flags": " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpus()} CPUs ({cpu_model()}), {mem_gib():.0f} GiB, {platform.system()} {platform.release()}",
         "versions": versions(args.binary, nginx),

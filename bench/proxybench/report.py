@@ -130,7 +130,7 @@ def render(meta, args, tables, goals, notes):
                "request is the headline for that reason. `--threads 2` shares CPU 1 with them too.\n")
     return f"""# Benchmark results
 
-Run with `bash bench/run.sh` ({args.rounds} rounds) on {meta['date']}.
+Run with `bash bench/run.sh{(' ' + meta['flags']) if meta['flags'] else ''}` ({args.rounds} rounds) on {meta['date']}.
 
 - Machine: {meta['machine']}
 - Versions: {v['tenantgate']}; {v['nginx']}; {v['wrk']}; {v['oha']}; {v['curl'].split(' (')[0]}
