@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark, in one command: `bash bench/run.sh` (full, writes bench/RESULTS.md) or
-# `bash bench/run.sh --smoke` (a few seconds per case, writes nothing; CI runs this).
+# The benchmark, in one command: `bash bench/run.sh` (full: 5 rounds, writes bench/RESULTS.md) or
+# `bash bench/run.sh --smoke` (1 round, a second per case, writes nothing; CI runs this).
+# Other flags go to bench/bench.py (see `python3 bench/bench.py --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
