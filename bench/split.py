@@ -28,6 +28,9 @@ import tempfile
 import time
 import urllib.request
 
+# Ports and readiness, as the side-by-side benchmark does them.
+from proxybench.procs import free_port, wait_port
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TENANTS = [f"t{i}" for i in range(10)]
 SERIES = 2000
@@ -179,25 +182,6 @@ def make_batch(samples_per_series, seed=1):
 
 # --------------------------------------------------------------------------------------------
 # Processes
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, proc, name, timeout=20):
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"{name} exited with {proc.returncode} before listening (see its log)")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"{name} did not listen on {port} within {timeout}s")
 
 
 class Proc:

@@ -147,18 +147,7 @@ fn serve_connection(
     tokio::spawn(async move {
         let result = match tls {
             None => {
-                let info = ConnInfo {
-                    remote,
-                    tls: false,
-                    peer: None,
-                };
-                let close = close_signal(registration.as_ref());
-                let conn = Conn {
-                    info,
-                    role,
-                    activity,
-                    close,
-                };
+                let conn = Conn::new(remote, None, role, activity, registration.as_ref());
                 serve_stream(stream, conn, &state, &builder, stop, limits).await
             }
             Some(tls) => {
@@ -176,18 +165,7 @@ fn serve_connection(
                     }
                     registration = Some(r);
                 }
-                let info = ConnInfo {
-                    remote,
-                    tls: true,
-                    peer,
-                };
-                let close = close_signal(registration.as_ref());
-                let conn = Conn {
-                    info,
-                    role,
-                    activity,
-                    close,
-                };
+                let conn = Conn::new(remote, Some(peer), role, activity, registration.as_ref());
                 serve_stream(stream, conn, &state, &builder, stop, limits).await
             }
         };
@@ -197,10 +175,6 @@ fn serve_connection(
         drop(registration);
         drop(permit);
     });
-}
-
-fn close_signal(registration: Option<&Registration>) -> Arc<Notify> {
-    registration.map_or_else(Arc::default, Registration::close_signal)
 }
 
 /// Whether the data listener's current TLS config still accepts `chain`, which `used` accepted.
@@ -220,6 +194,29 @@ struct Conn {
     activity: Arc<AtomicU64>,
     /// Notified when the connection should close ([`crate::conns`]).
     close: Arc<Notify>,
+}
+
+impl Conn {
+    /// `tls` is `Some(client certificate names)` for a TLS connection; a connection in no
+    /// registry gets a close signal nobody sends.
+    fn new(
+        remote: SocketAddr,
+        tls: Option<Option<Arc<PeerNames>>>,
+        role: Role,
+        activity: Arc<AtomicU64>,
+        registration: Option<&Registration>,
+    ) -> Conn {
+        Conn {
+            info: ConnInfo {
+                remote,
+                tls: tls.is_some(),
+                peer: tls.flatten(),
+            },
+            role,
+            activity,
+            close: registration.map_or_else(Arc::default, Registration::close_signal),
+        }
+    }
 }
 
 /// The TLS handshake, under its own deadline; `None` (logged) if it fails or stalls.

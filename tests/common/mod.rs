@@ -120,24 +120,26 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+/// Reads a request body to its end (or to the error that ends it: the proxy gave up on the
+/// request) and returns its length and SHA-256 in hex.
+pub async fn body_digest(mut body: Incoming) -> (u64, String) {
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    while let Some(Ok(f)) = body.frame().await {
+        if let Some(d) = f.data_ref() {
+            len += d.len() as u64;
+            h.update(d);
+        }
+    }
+    (len, hex(&h.finalize()))
+}
+
 async fn upstream_handler(
     req: Request<Incoming>,
     seen: Arc<Mutex<Vec<Seen>>>,
 ) -> Result<Response<TestBody>, Infallible> {
-    let (parts, mut body) = req.into_parts();
-    let mut h = Sha256::new();
-    let mut len = 0u64;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Some(d) = f.data_ref() {
-                    len += d.len() as u64;
-                    h.update(d);
-                }
-            }
-            Err(_) => break,
-        }
-    }
+    let (parts, body) = req.into_parts();
+    let (len, sha256) = body_digest(body).await;
     let path = parts.uri.path().to_owned();
     seen.lock().expect("seen lock").push(Seen {
         method: parts.method.to_string(),
@@ -145,7 +147,7 @@ async fn upstream_handler(
         version: parts.version,
         headers: parts.headers.clone(),
         body_len: len,
-        body_sha256: hex(&h.finalize()),
+        body_sha256: sha256,
     });
     let full = |b: &'static str| {
         Full::new(Bytes::from_static(b.as_bytes()))

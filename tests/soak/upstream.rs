@@ -12,16 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
-
-use crate::common::hex;
 
 /// What the upstream echoes back, as JSON.
 #[derive(serde::Serialize, serde::Deserialize, Debug)]
@@ -114,21 +111,9 @@ impl Echoer {
 }
 
 async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, mut body) = req.into_parts();
-    let mut h = Sha256::new();
-    let mut len = 0u64;
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(f) => {
-                if let Some(d) = f.data_ref() {
-                    len += d.len() as u64;
-                    h.update(d);
-                }
-            }
-            // tenantgate gave up on this request; nobody reads the answer.
-            Err(_) => break,
-        }
-    }
+    let (parts, body) = req.into_parts();
+    // Read to the end, or until tenantgate gives up on the request (nobody reads the answer).
+    let (len, sha256) = crate::common::body_digest(body).await;
     let echo = Echo {
         tenants: parts
             .headers
@@ -141,7 +126,7 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_default(),
-        sha256: hex(&h.finalize()),
+        sha256,
         len,
         authorization: parts.headers.contains_key("authorization"),
     };
