@@ -218,7 +218,11 @@ fn blank_flow_pair(text: &mut String, line: usize, col: usize) -> bool {
     let Some(l) = lines.get(line.saturating_sub(1)) else {
         return false;
     };
-    let at = col.saturating_sub(1).min(l.len());
+    // The parser counts columns in characters; slicing needs a byte offset on a char boundary.
+    let at = l
+        .char_indices()
+        .nth(col.saturating_sub(1))
+        .map_or(l.len(), |(i, _)| i);
     let (before, after) = l.split_at(at);
     // Only a flat flow mapping: one '{' before, its '}' after, no nesting around the pair.
     let (Some(open), Some(close)) = (before.rfind('{'), after.find('}').map(|i| at + i)) else {
