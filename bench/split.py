@@ -29,7 +29,7 @@ import time
 import urllib.request
 
 # Ports and readiness, as the side-by-side benchmark does them.
-from proxybench.procs import free_port, wait_port
+from proxybench.procs import Proc, descendants, free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TENANTS = [f"t{i}" for i in range(10)]
@@ -184,40 +184,6 @@ def make_batch(samples_per_series, seed=1):
 # Processes
 
 
-class Proc:
-    def __init__(self, name, argv, port, logdir):
-        self.name, self.port = name, port
-        self.log = os.path.join(logdir, f"{name}.log")
-        with open(self.log, "w") as log:
-            self.p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_port(port, self.p, name)
-
-    def stop(self):
-        if self.p.poll() is None:
-            try:
-                os.killpg(self.p.pid, signal.SIGTERM)
-                self.p.wait(timeout=10)
-            except ProcessLookupError:
-                pass
-            except subprocess.TimeoutExpired:
-                os.killpg(self.p.pid, signal.SIGKILL)
-                self.p.wait()
-
-
-def children(pid):
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read()
-            except OSError:
-                continue
-            if int(st.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(d))
-    return out
-
-
 def cpu_ticks(pid):
     """utime + stime of one process, in clock ticks."""
     with open(f"/proc/{pid}/stat") as f:
@@ -365,7 +331,7 @@ def wrk(port, script, seconds, conns):
 
 
 def round_(name, tg, nginx, case, args, others):
-    nginx_pids = [nginx.p.pid] + children(nginx.p.pid)
+    nginx_pids = descendants(nginx.p.pid)
     ours = [p.p.pid for p in others] + [os.getpid()]
     req0 = nginx_requests(nginx.port)
     c0 = cpu_ticks(tg.p.pid)
@@ -604,7 +570,7 @@ def main():
         alive = {k: t.p.poll() is None for k, t in tgs.items()}
         logs = {}
         for t in tgs.values():
-            with open(t.log) as f:
+            with open(t.log_path) as f:
                 logs[t.name] = [l.rstrip() for l in f if re.search(r"level=(warn|error)", l)]
         with open(os.path.join(ngx_dir, "error.log")) as f:
             logs["nginx"] = [l.rstrip() for l in f if l.strip()]

@@ -64,21 +64,34 @@ pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = ctx.stop.changed() => return,
         };
+        let Some((stream, remote)) = accept(&listener, &mut ctx.stop).await else {
+            return;
+        };
+        serve_connection(stream, remote, &ctx, permit);
+    }
+}
+
+/// The next connection, or `None` once the listener is told to stop. A failed accept (typically
+/// EMFILE) is logged and retried after a short back-off instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
-            _ = ctx.stop.changed() => return,
+            _ = stop.changed() => return None,
         };
-        let (stream, remote) = match accepted {
-            Ok(x) => x,
+        match accepted {
+            Ok((stream, remote)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, remote));
+            }
             Err(e) => {
-                // Typically EMFILE: back off briefly instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        serve_connection(stream, remote, &ctx, permit);
+        }
     }
 }
 
@@ -86,17 +99,8 @@ pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
 /// idle for longest to make room: a probe must not wait behind sockets that only sit there.
 async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            _ = ctx.stop.changed() => return,
-        };
-        let (stream, remote) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(listener = "admin", error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let Some((stream, remote)) = accept(&listener, &mut ctx.stop).await else {
+            return;
         };
         let permit = match ctx.limit.clone().try_acquire_owned() {
             Ok(p) => p,
@@ -115,7 +119,6 @@ async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
                 }
             }
         };
-        let _ = stream.set_nodelay(true);
         serve_connection(stream, remote, &ctx, permit);
     }
 }
