@@ -30,23 +30,36 @@ use crate::tls::PeerNames;
 /// The body of every response tenantgate sends.
 pub type ResponseBody = Metered<ProxyBody>;
 
-/// What the server knows about the connection a request came on. Inserted into request
-/// extensions by the server; absent in in-process tests (then loopback, plain HTTP).
+/// What the server knows about the connection a request came on: the server passes it to
+/// [`App::serve`]; [`App::handle`] (in-process tests) serves as loopback, plain HTTP.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
     /// Names from the client certificate, when one was presented and verified.
     pub peer: Option<Arc<PeerNames>>,
+    /// `remote`'s IP as an `X-Forwarded-For` value, made once per connection.
+    forwarded_for: http::HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool, peer: Option<Arc<PeerNames>>) -> Self {
+        ConnInfo {
+            remote,
+            tls,
+            peer,
+            forwarded_for: headers::ip_value(remote.ip()),
+        }
+    }
 }
 
 impl Default for ConnInfo {
     fn default() -> Self {
-        ConnInfo {
-            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-            tls: false,
-            peer: None,
-        }
+        ConnInfo::new(
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            false,
+            None,
+        )
     }
 }
 
@@ -201,8 +214,18 @@ impl App {
         &self.shared.metrics
     }
 
-    /// Serves one request. Never fails: every error becomes a response.
+    /// Serves one request as if it came from loopback over plain HTTP (in-process tests).
     pub async fn handle<B>(&self, req: Request<B>) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        self.serve(req, &ConnInfo::default()).await
+    }
+
+    /// Serves one request that came on the connection `conn`. Never fails: every error becomes
+    /// a response.
+    pub async fn serve<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ResponseBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -212,15 +235,15 @@ impl App {
             self.shared.metrics.clone(),
             self.shared.access_log,
             req.method().clone(),
-            String::new(),
         ));
-        exchange.client = req.extensions().get::<ConnInfo>().map(|c| c.remote);
+        exchange.client = Some(conn.remote);
         // The permit lives in the exchange, so it is released when the response body is done.
         let permit = self.shared.in_flight.clone().try_acquire_owned().ok();
         let served = match permit {
             Some(p) => {
                 exchange.hold(p);
-                self.route_and_serve(&runtime, req, &mut exchange).await
+                self.route_and_serve(&runtime, req, conn, &mut exchange)
+                    .await
             }
             None => {
                 self.shared.metrics.refused(Refusal::InFlightLimit);
@@ -238,10 +261,6 @@ impl App {
                     self.shared.metrics.upstream_error(&u, *kind);
                 }
                 exchange.error = Some(e.to_string());
-                if exchange.path.is_empty() {
-                    // A path that failed normalization is attacker-shaped; it is not logged.
-                    exchange.path = "<rejected>".to_owned();
-                }
                 e.to_response()
             }
         };
@@ -254,6 +273,7 @@ impl App {
         &self,
         rt: &Runtime,
         req: Request<B>,
+        conn: &ConnInfo,
         ex: &mut Exchange,
     ) -> Result<Response<ProxyBody>, ProxyError>
     where
@@ -272,8 +292,11 @@ impl App {
         }
 
         // 1. One normalized path, used for matching and forwarding alike.
-        let path = normalize_path(req.uri().path())?.into_owned();
-        ex.path.clone_from(&path);
+        //    A clone of the URI is a reference count: the path borrowed from it stays valid
+        //    after the request is taken apart, and an already normal path is not copied.
+        let uri = req.uri().clone();
+        let path = normalize_path(uri.path())?;
+        ex.set_path(&uri, &path);
 
         // 2. Route: exact path, then the longest prefix, narrowed by method and host.
         let route = match rt.table.lookup(&path, req.method(), host_of(&req)) {
@@ -284,18 +307,13 @@ impl App {
             RouteMatch::NotFound => {
                 return Err(ProxyError::NoRoute {
                     method: req.method().to_string(),
-                    path,
+                    path: path.into_owned(),
                 });
             }
         };
-        ex.set_route(&route.name);
+        ex.set_route(route.handles(ex.metrics()));
 
         // 3. Tenant: chosen by the route, never taken from the client as sent.
-        let conn = req
-            .extensions()
-            .get::<ConnInfo>()
-            .cloned()
-            .unwrap_or_default();
         if let TenantSource::Label(tenancy) = &route.tenant {
             // One request per tenant named by the series' labels (crate::push).
             let caller = tenancy
@@ -325,8 +343,12 @@ impl App {
                 client: conn.remote.ip(),
                 tls: conn.tls,
             };
-            return crate::push::serve::serve(&route, &upstream, tenancy, caller, incoming, ex)
-                .await;
+            // Boxed: the split-and-fan-out future is large, and inline it would grow (and be
+            // moved with) every request's future.
+            return Box::pin(crate::push::serve::serve(
+                &route, &upstream, tenancy, caller, incoming, ex,
+            ))
+            .await;
         }
         let resolved = route
             .tenant
@@ -347,13 +369,8 @@ impl App {
         if let Some(emulation) = &route.prometheus
             && let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), &path)
         {
-            let m = ex.metrics();
-            m.emulated
-                .get_or_create(&crate::telemetry::EmulatedLabels {
-                    route: route.name.clone(),
-                    endpoint: endpoint.name(),
-                })
-                .inc();
+            let handles = route.handles(ex.metrics());
+            handles.emulated(endpoint.name());
             let answer = emulation.respond(endpoint, req.method());
             // The sidecar GETs status/config every 30 s: a stale timestamp means it is gone.
             // Only a read that got the config counts (not a HEAD, a 405 or an error).
@@ -361,11 +378,7 @@ impl App {
                 && req.method() == http::Method::GET
                 && answer.as_ref().is_ok_and(|r| r.status().is_success())
             {
-                m.sidecar_last_seen
-                    .get_or_create(&crate::telemetry::RouteLabels {
-                        route: route.name.clone(),
-                    })
-                    .set(crate::time::now_millis() as f64 / 1000.0);
+                handles.sidecar_seen();
             }
             return answer;
         }
@@ -392,12 +405,16 @@ impl App {
             // Credentials for tenantgate are not credentials for the upstream.
             parts.headers.remove(header::AUTHORIZATION);
         }
-        headers::add_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
+        headers::add_forwarded_value(&mut parts.headers, &conn.forwarded_for, conn.tls);
         // The client's Host names tenantgate; the pool sets the upstream's.
         parts.headers.remove(header::HOST);
         parts.uri = uri;
         parts.extensions = http::Extensions::new();
-        let body = forward::upstream_body(body, route.max_request_body, ex.count_request_bytes());
+        let body = if body.is_end_stream() {
+            forward::empty_body()
+        } else {
+            forward::upstream_body(body, route.max_request_body, ex.count_request_bytes())
+        };
         upstream.send(Request::from_parts(parts, body)).await
     }
 }

@@ -15,11 +15,12 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Method;
 
 use crate::promapi::Emulation;
+use crate::telemetry::{Metrics, RouteHandles};
 use crate::tenant::TenantSource;
 
 /// Why a request path was rejected before routing.
@@ -52,6 +53,25 @@ fn hex(b: u8) -> Option<u8> {
 
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~')
+}
+
+/// Refuses `.` and `..` segments and empty ones (`//`), except the empty last segment of a
+/// trailing slash. `path` starts with `/`. One pass over the bytes: this runs on every request.
+fn check_segments(path: &[u8]) -> Result<(), PathError> {
+    // Each segment starts after a '/'; `start` is where the current one begins.
+    let mut start = 1;
+    for i in 1..=path.len() {
+        if i < path.len() && path[i] != b'/' {
+            continue;
+        }
+        match &path[start..i] {
+            b"." | b".." => return Err(PathError::DotSegment),
+            b"" if i < path.len() => return Err(PathError::EmptySegment),
+            _ => {}
+        }
+        start = i + 1;
+    }
+    Ok(())
 }
 
 /// Normalizes a request path, or says why it cannot be routed safely.
@@ -119,16 +139,7 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
         Some(s) => Cow::Owned(s),
         None => Cow::Borrowed(raw),
     };
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    for (n, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." | ".." => return Err(PathError::DotSegment),
-            // A trailing slash ("/api/") is an empty last segment and is fine.
-            "" if n != last => return Err(PathError::EmptySegment),
-            _ => {}
-        }
-    }
+    check_segments(path.as_bytes())?;
     Ok(path)
 }
 
@@ -223,9 +234,17 @@ pub struct Route {
     pub max_request_body: u64,
     /// Prometheus endpoints answered by tenantgate under this route's prefix.
     pub prometheus: Option<Emulation>,
+    /// This route's metric series, made by the first request it serves.
+    pub handles: OnceLock<Arc<RouteHandles>>,
 }
 
 impl Route {
+    /// This route's metric handles (see [`RouteHandles`]).
+    pub fn handles(&self, metrics: &Arc<Metrics>) -> &Arc<RouteHandles> {
+        self.handles
+            .get_or_init(|| Arc::new(RouteHandles::new(metrics, &self.name)))
+    }
+
     fn accepts(&self, method: &Method, host: Option<&str>) -> (bool, bool) {
         let host_ok = match (&self.host, host) {
             (None, _) => true,
@@ -432,6 +451,7 @@ mod tests {
             rewrite: Rewrite::default(),
             max_request_body: 1 << 20,
             prometheus: None,
+            handles: Default::default(),
         }
     }
 

@@ -202,8 +202,7 @@ impl LabelTenancy {
         let Some(allowed) = &self.identities else {
             return Ok(None);
         };
-        let id = identities
-            .authenticate(headers, peer, client)
+        let id = Box::pin(identities.authenticate(headers, peer, client))
             .await
             .map_err(TenantError::Unauthenticated)?;
         if !allowed.iter().any(|a| *a == id.name) {
@@ -289,8 +288,9 @@ impl TenantSource {
                 allowed,
                 federation,
             } => {
-                let id = identities
-                    .authenticate(headers, peer, client)
+                // Boxed: a login's future is large, and every request's future would carry its
+                // size (and move it) if it were inline, fixed-tenant routes included.
+                let id = Box::pin(identities.authenticate(headers, peer, client))
                     .await
                     .map_err(TenantError::Unauthenticated)?;
                 if let Some(allowed) = allowed

@@ -18,6 +18,7 @@ fn route(name: &str, path: PathMatch) -> Route {
         rewrite: Rewrite::default(),
         max_request_body: 1 << 20,
         prometheus: None,
+        handles: Default::default(),
     }
 }
 

@@ -313,5 +313,6 @@ pub(super) fn route(
             .max_request_body
             .map_or(DEFAULT_MAX_REQUEST_BODY, |s| s.0),
         prometheus,
+        handles: Default::default(),
     })
 }

@@ -6,9 +6,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::tenant::{TENANT_HEADER, TenantId};
 
+const HOPS: usize = 8;
+
 /// Hop-by-hop headers: meaningful for one connection only, never forwarded (RFC 9110 §7.6.1,
 /// plus the non-standard `Keep-Alive` and `Proxy-Connection` that clients still send).
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -23,9 +25,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// (RFC 9110 §7.6.1: "a proxy ... MUST remove ... each connection option ... listed").
 /// `Upgrade` is removed too: tenantgate does not tunnel protocol upgrades.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (usually few) headers present, instead of a lookup per hop-by-hop name:
-    // this runs twice per request.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the (usually few) headers present notes which hop-by-hop names occur, so
+    // only those are removed: this runs twice per request, and an upstream's answer usually
+    // has just `Connection: keep-alive`.
+    let mut present = [false; HOPS + 1];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
     let listed: Vec<HeaderName> = headers
@@ -42,14 +53,32 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present[i] {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
+    if present[HOPS] {
+        headers.remove(header::UPGRADE);
+    }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name == header::UPGRADE
+/// The index of a hop-by-hop name in [`HOP_BY_HOP`], or [`HOPS`] for `Upgrade`.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    // Names are lower case; a match on the string is a length check and a compare, where
+    // comparing against each `HeaderName` would build (and drop) the constant array per call.
+    Some(match name.as_str() {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => HOPS,
+        _ => return None,
+    })
 }
 
 /// Mimir's label-based access policy, enforced from this header: only tenantgate may set it.
@@ -60,16 +89,19 @@ pub const LABEL_POLICY_HEADER: &str = "x-prom-label-policy";
 /// [`remove_control_headers`].
 pub fn set_tenant(headers: &mut HeaderMap, tenant: &TenantId) {
     remove_control_headers(headers);
-    headers.insert(
-        HeaderName::from_static(TENANT_HEADER),
-        tenant.header_value().clone(),
-    );
+    headers.insert(TENANT_NAME, tenant.header_value().clone());
 }
+
+// Made once at compile time, not validated again on every request.
+const TENANT_NAME: HeaderName = HeaderName::from_static(TENANT_HEADER);
+const LABEL_POLICY_NAME: HeaderName = HeaderName::from_static(LABEL_POLICY_HEADER);
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes every `X-Scope-OrgID` without setting one (and the other control headers).
 pub fn remove_tenant(headers: &mut HeaderMap) {
     remove_control_headers(headers);
-    headers.remove(HeaderName::from_static(TENANT_HEADER));
+    headers.remove(TENANT_NAME);
 }
 
 /// Removes the headers a client must never set itself: `X-Prom-Label-Policy`, and any header
@@ -77,7 +109,7 @@ pub fn remove_tenant(headers: &mut HeaderMap) {
 /// `underscores_in_headers on` (and other servers) treat `X_Scope_OrgID` as the tenant header,
 /// and would read the client's copy ahead of ours.
 pub fn remove_control_headers(headers: &mut HeaderMap) {
-    headers.remove(HeaderName::from_static(LABEL_POLICY_HEADER));
+    headers.remove(LABEL_POLICY_NAME);
     // Names are lower case here; lookalikes need an underscore, which real headers rarely have.
     if !headers.keys().any(|k| k.as_str().contains('_')) {
         return;
@@ -105,8 +137,19 @@ fn is_control_lookalike(name: &str) -> bool {
 /// Appends the client address to `X-Forwarded-For` (as NGINX's `$proxy_add_x_forwarded_for`
 /// does) and sets `X-Forwarded-Proto` to the scheme the client used.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let ip = client.to_string();
+    add_forwarded_value(headers, &ip_value(client), https);
+}
+
+/// A client address as an `X-Forwarded-For` value, made once per connection by the server.
+pub fn ip_value(client: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&client.to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`add_forwarded`] with the client's address already a header value: the usual request,
+/// with no `X-Forwarded-For` of its own, copies nothing.
+pub fn add_forwarded_value(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
+    let xff = X_FORWARDED_FOR;
     let joined: Option<String> = {
         let earlier: Vec<&str> = headers
             .get_all(&xff)
@@ -116,17 +159,19 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, https: bool) {
         if earlier.is_empty() {
             None
         } else {
+            let ip = client.to_str().unwrap_or("unknown");
             Some(format!("{}, {ip}", earlier.join(", ")))
         }
     };
-    let value = HeaderValue::from_str(joined.as_deref().unwrap_or(&ip))
-        .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+    let value = match joined {
+        Some(j) => {
+            HeaderValue::from_str(&j).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+        }
+        None => client.clone(),
+    };
     headers.insert(xff, value);
     let proto = if https { "https" } else { "http" };
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(proto),
-    );
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
 
 #[cfg(test)]
@@ -162,6 +207,15 @@ mod tests {
     }
 
     /// Every hop-by-hop header of RFC 9110 §7.6.1 is removed; end-to-end headers stay.
+    #[test]
+    fn every_hop_by_hop_name_is_classified_at_its_own_index() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::UPGRADE), Some(HOPS));
+        assert_eq!(hop_by_hop_index(&header::CONTENT_LENGTH), None);
+    }
+
     #[test]
     fn strips_the_standard_hop_by_hop_headers() {
         let mut h = map(&[

@@ -384,6 +384,13 @@ impl Upstream {
     }
 }
 
+/// The body of a request that has none (most GETs): a box of nothing allocates nothing.
+pub fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
 /// Boxes a request body for the upstream client, with a size limit and a byte counter.
 pub fn upstream_body<B>(body: B, limit: u64, seen: Arc<AtomicU64>) -> UpstreamBody
 where

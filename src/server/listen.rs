@@ -210,11 +210,7 @@ impl Conn {
         registration: Option<&Registration>,
     ) -> Conn {
         Conn {
-            info: ConnInfo {
-                remote,
-                tls: tls.is_some(),
-                peer: tls.flatten(),
-            },
+            info: ConnInfo::new(remote, tls.is_some(), tls.flatten()),
             role,
             activity,
             close: registration.map_or_else(Arc::default, Registration::close_signal),
@@ -361,11 +357,11 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
                 None,
             )
         };
-        let mut req = Request::from_parts(parts, body);
-        req.extensions_mut().insert((*self.info).clone());
+        let req = Request::from_parts(parts, body);
         let app = self.app.clone();
+        let info = self.info.clone();
         Box::pin(async move {
-            let resp = app.handle(req).await;
+            let resp = app.serve(req, &info).await;
             if let Some(hold) = hold {
                 hold.wait().await;
             }

@@ -10,8 +10,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
-use prometheus_client::metrics::gauge::Gauge;
 
+use super::handles::RouteHandles;
 use super::metrics::{Metrics, RequestLabels, RouteLabels, RouteTenantLabels, method_label};
 use crate::body::{BoxError, IdleTimeout};
 use crate::error::UpstreamErrorKind;
@@ -25,9 +25,11 @@ pub struct Exchange {
     pub method: Method,
     /// The client's address (the TCP peer: tenantgate reads no forwarding headers).
     pub client: Option<std::net::SocketAddr>,
-    /// Normalized path, without the query string (which may carry secrets).
-    pub path: String,
-    pub route: Option<Arc<str>>,
+    /// The path as logged: normalized, without the query string (which may carry secrets).
+    /// `None` until normalization accepted it: a rejected path is attacker-shaped and not logged.
+    path: Option<LoggedPath>,
+    /// The route's cached metric handles, once a route is chosen.
+    route: Option<Arc<RouteHandles>>,
     pub tenant: Option<Arc<str>>,
     pub tenant_origin: Option<&'static str>,
     /// Name of the authenticated identity (never its credential).
@@ -39,12 +41,18 @@ pub struct Exchange {
     pub bytes_out: u64,
     /// Why tenantgate answered with an error itself, or why the response stream broke.
     pub error: Option<String>,
-    in_flight: Option<Gauge>,
     /// The request's slot under `server.max_requests_in_flight`.
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 const NONE: &str = "none";
+
+/// A normalized path kept for the log. Most paths are already normal, and then the request's
+/// own URI is kept (a reference count, no copy).
+enum LoggedPath {
+    Request(http::Uri),
+    Normalized(String),
+}
 
 /// The "none" label value, shared: recording a request allocates no label strings.
 fn none() -> Arc<str> {
@@ -53,14 +61,14 @@ fn none() -> Arc<str> {
 }
 
 impl Exchange {
-    pub fn new(metrics: Arc<Metrics>, access_log: bool, method: Method, path: String) -> Self {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool, method: Method) -> Self {
         Exchange {
             metrics,
             access_log,
             start: Instant::now(),
             method,
             client: None,
-            path,
+            path: None,
             route: None,
             tenant: None,
             tenant_origin: None,
@@ -70,23 +78,41 @@ impl Exchange {
             bytes_in: None,
             bytes_out: 0,
             error: None,
-            in_flight: None,
             permit: None,
         }
     }
 
-    /// Marks the request as served by `route` (counts it in flight until recorded).
-    pub fn set_route(&mut self, route: &Arc<str>) {
-        let g = self
-            .metrics
-            .in_flight
-            .get_or_create(&RouteLabels {
-                route: route.clone(),
-            })
-            .clone();
-        g.inc();
-        self.in_flight = Some(g);
-        self.route = Some(route.clone());
+    /// Marks the request as served by the route of `handles` (counts it in flight until
+    /// recorded).
+    pub fn set_route(&mut self, handles: &Arc<RouteHandles>) {
+        handles.in_flight.inc();
+        if let Some(old) = self.route.replace(handles.clone()) {
+            old.in_flight.dec();
+        }
+    }
+
+    /// The route's name, once one is chosen.
+    pub fn route(&self) -> Option<&Arc<str>> {
+        self.route.as_ref().map(|h| h.route())
+    }
+
+    /// Records the request's path once normalization accepted it: `normalized` is what
+    /// [`crate::route::normalize_path`] made of `uri`'s path.
+    pub fn set_path(&mut self, uri: &http::Uri, normalized: &str) {
+        self.path = Some(if normalized == uri.path() {
+            LoggedPath::Request(uri.clone())
+        } else {
+            LoggedPath::Normalized(normalized.to_owned())
+        });
+    }
+
+    /// The path as logged.
+    pub fn logged_path(&self) -> &str {
+        match &self.path {
+            Some(LoggedPath::Request(uri)) => uri.path(),
+            Some(LoggedPath::Normalized(p)) => p,
+            None => "<rejected>",
+        }
     }
 
     /// Keeps the request's in-flight slot until the exchange is recorded.
@@ -109,43 +135,51 @@ impl Exchange {
 impl Drop for Exchange {
     fn drop(&mut self) {
         let elapsed = self.start.elapsed();
-        if let Some(g) = self.in_flight.take() {
-            g.dec();
-        }
-        let route = self.route.clone().unwrap_or_else(none);
-        let tenant = self.tenant.clone().unwrap_or_else(none);
         let bytes_in = self
             .bytes_in
             .as_ref()
             .map_or(0, |b| b.load(Ordering::Relaxed));
-        let m = &self.metrics;
-        m.requests
-            .get_or_create(&RequestLabels {
-                route: route.clone(),
-                tenant: tenant.clone(),
-                method: method_label(&self.method),
-                code: self.status,
-            })
-            .inc();
-        m.duration
-            .get_or_create(&RouteTenantLabels {
-                route: route.clone(),
-                tenant: tenant.clone(),
-            })
-            .observe(elapsed.as_secs_f64());
-        if bytes_in > 0 {
-            m.request_bytes
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
+        let tenant = self.tenant.clone().unwrap_or_else(none);
+        let method = method_label(&self.method);
+        if let Some(h) = &self.route {
+            // The usual case: the route's cached handles, no label hashing.
+            h.in_flight.dec();
+            let t = h.tenant(&tenant);
+            h.requests(&t, method, self.status).inc();
+            t.duration.observe(elapsed.as_secs_f64());
+            if bytes_in > 0 {
+                h.request_bytes.inc_by(bytes_in);
+            }
+            if self.bytes_out > 0 {
+                h.response_bytes.inc_by(self.bytes_out);
+            }
+        } else {
+            // No route (404, a refused request): counted under route="none".
+            let m = &self.metrics;
+            m.requests
+                .get_or_create(&RequestLabels {
+                    route: none(),
+                    tenant: tenant.clone(),
+                    method,
+                    code: self.status,
                 })
-                .inc_by(bytes_in);
-        }
-        if self.bytes_out > 0 {
-            m.response_bytes
-                .get_or_create(&RouteLabels {
-                    route: route.clone(),
+                .inc();
+            m.duration
+                .get_or_create(&RouteTenantLabels {
+                    route: none(),
+                    tenant: tenant.clone(),
                 })
-                .inc_by(self.bytes_out);
+                .observe(elapsed.as_secs_f64());
+            if bytes_in > 0 {
+                m.request_bytes
+                    .get_or_create(&RouteLabels { route: none() })
+                    .inc_by(bytes_in);
+            }
+            if self.bytes_out > 0 {
+                m.response_bytes
+                    .get_or_create(&RouteLabels { route: none() })
+                    .inc_by(self.bytes_out);
+            }
         }
         if self.access_log {
             // Answers tenantgate or its upstream failed are warnings; the rest is info.
@@ -154,13 +188,13 @@ impl Drop for Exchange {
                     tracing::$level!(
                         target: "tenantgate::access",
                         client = %ClientAddr(self.client),
-                        route = &*route,
+                        route = self.route().map_or(NONE, |r| &**r),
                         tenant = &*tenant,
                         tenant_from = self.tenant_origin.unwrap_or(NONE),
                         identity = self.identity.as_deref().unwrap_or(""),
                         upstream = self.upstream.as_deref().unwrap_or(NONE),
                         method = self.method.as_str(),
-                        path = self.path.as_str(),
+                        path = self.logged_path(),
                         status = self.status,
                         // A number (milliseconds, microsecond precision), in JSON too.
                         duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
@@ -265,8 +299,8 @@ mod tests {
         let m = Arc::new(Metrics::new());
         let route: Arc<str> = Arc::from("r");
         {
-            let mut ex = Exchange::new(m.clone(), false, Method::GET, "/x".into());
-            ex.set_route(&route);
+            let mut ex = Exchange::new(m.clone(), false, Method::GET);
+            ex.set_route(&Arc::new(RouteHandles::new(&m, &route)));
             ex.tenant = Some(Arc::from("t"));
             ex.status = 200;
             assert_eq!(

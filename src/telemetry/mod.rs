@@ -3,12 +3,14 @@
 
 pub mod build;
 mod exchange;
+mod handles;
 mod log;
 pub mod logbuf;
 mod metrics;
 mod process;
 
 pub use exchange::{Exchange, Metered};
+pub use handles::{RouteHandles, TenantHandles};
 pub use log::{LogFormat, LogLevel, init_logging};
 pub use metrics::{
     EmulatedLabels, Metrics, OPENMETRICS, Refusal, RefusedLabels, RequestLabels, RouteLabels,
