@@ -38,11 +38,11 @@ def start_gate(binary, ctx, name, wrap=()):
     return Proc(name, argv, port, ctx.workdir)
 
 
-def cpu_round(binary, ctx, name, seconds):
+def cpu_round(binary, ctx, name, seconds, path=PATH):
     """µs of proxy CPU per forwarded request, and requests per second, for one wrk run."""
     gate = start_gate(binary, ctx, name)
     try:
-        url = f"http://127.0.0.1:{gate.port}{PATH}"
+        url = f"http://127.0.0.1:{gate.port}{path}"
         wrk(url, 1, [], CONNS)  # warm the upstream pool
         before = cpu_seconds(gate.pids())
         rps, total, _ = wrk(url, seconds, [], CONNS)
@@ -52,13 +52,13 @@ def cpu_round(binary, ctx, name, seconds):
         gate.stop()
 
 
-def callgrind_round(binary, ctx, name, seconds):
+def callgrind_round(binary, ctx, name, seconds, path=PATH):
     """Instructions per forwarded request: counters zeroed after a warm-up, dumped after the run."""
     out = os.path.join(ctx.workdir, f"{name}.callgrind")
     gate = start_gate(binary, ctx, name,
                       wrap=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"])
     try:
-        url = f"http://127.0.0.1:{gate.port}{PATH}"
+        url = f"http://127.0.0.1:{gate.port}{path}"
         wrk(url, 2, [], 8)
         pid = str(gate.p.pid)
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
@@ -91,6 +91,8 @@ def main():
     ap.add_argument("--before", required=True)
     ap.add_argument("--after", required=True)
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--path", default=PATH, help=f"what is requested (default {PATH}, forwarded; "
+                    "/prometheus/api/v1/status/config is answered from config)")
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--callgrind", action="store_true", help="also instructions per request (valgrind)")
     ap.add_argument("--callgrind-rounds", type=int, default=2)
@@ -108,7 +110,7 @@ def main():
             # Alternate which goes first, so neither always runs on a warmer (or busier) machine.
             order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
             for which in order:
-                us, rate = cpu_round(getattr(args, which), ctx, f"{which}-{r}", args.seconds)
+                us, rate = cpu_round(getattr(args, which), ctx, f"{which}-{r}", args.seconds, args.path)
                 cpu[which].append(us)
                 rps[which].append(rate)
                 print(f"round {r} {which}: {us:.2f} µs CPU/request, {rate:.0f} req/s", flush=True)
@@ -120,7 +122,7 @@ def main():
             ir = {"before": [], "after": []}
             for r in range(args.callgrind_rounds):
                 for which in ("before", "after"):
-                    v = callgrind_round(getattr(args, which), ctx, f"cg-{which}-{r}", args.seconds)
+                    v = callgrind_round(getattr(args, which), ctx, f"cg-{which}-{r}", args.seconds, args.path)
                     ir[which].append(v)
                     if args.callgrind_out:
                         os.makedirs(args.callgrind_out, exist_ok=True)

@@ -74,6 +74,43 @@ fn check_segments(path: &[u8]) -> Result<(), PathError> {
     Ok(())
 }
 
+/// Bytes a normal path may hold as they are: everything printable in ASCII but `%` (an escape,
+/// which may need decoding or re-casing) and `\\` (refused). A lookup per byte.
+static PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0x21;
+    while b < 0x7f {
+        t[b] = b != b'%' as usize && b != b'\\' as usize;
+        b += 1;
+    }
+    t
+};
+
+/// One pass over `path` (which starts with `/`) while its bytes are [`PLAIN`], checking each
+/// segment as its `/` is reached. `Ok(None)`: the whole path is plain and its segments are
+/// fine. `Ok(Some(i))`: byte `i` needs the full pass (which checks the segments again).
+fn plain_prefix(path: &[u8]) -> Result<Option<usize>, PathError> {
+    let mut start = 1;
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        if !PLAIN[usize::from(b)] {
+            return Ok(Some(i));
+        }
+        if b == b'/' {
+            match &path[start..i] {
+                b"." | b".." => return Err(PathError::DotSegment),
+                b"" => return Err(PathError::EmptySegment),
+                _ => {}
+            }
+            start = i + 1;
+        }
+    }
+    match &path[start..] {
+        b"." | b".." => Err(PathError::DotSegment),
+        // A trailing slash ("/api/") is an empty last segment and is fine.
+        _ => Ok(None),
+    }
+}
+
 /// Normalizes a request path, or says why it cannot be routed safely.
 ///
 /// Returns the input unchanged (borrowed) when it is already normal, which is the common case.
@@ -82,8 +119,12 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    // Fast path: a path of bytes that never need a second look (most paths) is checked for
+    // its segments only. Anything else starts the byte-by-byte pass where it occurs.
+    let Some(mut i) = plain_prefix(bytes)? else {
+        return Ok(Cow::Borrowed(raw));
+    };
     let mut out: Option<String> = None;
-    let mut i = 0;
     while i < bytes.len() {
         let b = bytes[i];
         match b {
@@ -373,6 +414,10 @@ mod tests {
             "/a/../b",
             "/prometheus/..",
             "/./prometheus",
+            // The same after a byte that leaves the plain fast path.
+            "/a/../b%20",
+            "/a%20/./b",
+            "/a%41/..",
         ] {
             assert_eq!(norm(p), Err(PathError::DotSegment), "{p}");
         }
@@ -418,6 +463,8 @@ mod tests {
         assert_eq!(norm("/%41é"), Err(PathError::NonAscii));
         assert_eq!(norm("//prometheus"), Err(PathError::EmptySegment));
         assert_eq!(norm("/a//b"), Err(PathError::EmptySegment));
+        assert_eq!(norm("/a//b%20"), Err(PathError::EmptySegment));
+        assert_eq!(norm("/a%20//b"), Err(PathError::EmptySegment));
     }
 
     #[test]
