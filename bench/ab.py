@@ -28,13 +28,16 @@ PATH = "/prometheus/api/v1/labels"
 CONNS = 64  # saturating, as bench.py
 
 
+LOGS = False  # --logs: the access log on, as in production
+
+
 def start_gate(binary, ctx, name, wrap=()):
     port = free_port()
     cfg = os.path.join(ctx.workdir, f"{name}.yaml")
     with open(cfg, "w") as f:
         f.write(setups.TENANTGATE.format(port=port, up=ctx.up_port, tenant=TENANT))
-    argv = pin(PROXY_CPU) + list(wrap) + [binary, "--config", cfg, "--threads", "1",
-                                          "--log.access=false", "--log.level=warn"]
+    logs = [] if LOGS else ["--log.access=false", "--log.level=warn"]
+    argv = pin(PROXY_CPU) + list(wrap) + [binary, "--config", cfg, "--threads", "1"] + logs
     return Proc(name, argv, port, ctx.workdir)
 
 
@@ -94,10 +97,13 @@ def main():
     ap.add_argument("--path", default=PATH, help=f"what is requested (default {PATH}, forwarded; "
                     "/prometheus/api/v1/status/config is answered from config)")
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--logs", action="store_true", help="access log on (the default logfmt, info) to a file")
     ap.add_argument("--callgrind", action="store_true", help="also instructions per request (valgrind)")
     ap.add_argument("--callgrind-rounds", type=int, default=2)
     ap.add_argument("--callgrind-out", help="keep the callgrind dumps in this directory (for callgrind_annotate)")
     args = ap.parse_args()
+    global LOGS
+    LOGS = args.logs
     workdir = tempfile.mkdtemp(prefix="tenantgate-ab-")
     os.chmod(workdir, 0o755)
     ctx = setups.Ctx(workdir=workdir, up_port=0, binary="", nginx=shutil.which("nginx") or "/usr/sbin/nginx")

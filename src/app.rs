@@ -40,6 +40,8 @@ pub struct ConnInfo {
     pub peer: Option<Arc<PeerNames>>,
     /// `remote`'s IP as an `X-Forwarded-For` value, made once per connection.
     forwarded_for: http::HeaderValue,
+    /// `remote` as the access log writes it, made by the connection's first logged request.
+    logged_remote: std::sync::OnceLock<Arc<str>>,
 }
 
 impl ConnInfo {
@@ -49,7 +51,15 @@ impl ConnInfo {
             tls,
             peer,
             forwarded_for: headers::ip_value(remote.ip()),
+            logged_remote: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client's address as the access log writes it (formatted once per connection).
+    pub fn logged_remote(&self) -> Arc<str> {
+        self.logged_remote
+            .get_or_init(|| Arc::from(self.remote.to_string()))
+            .clone()
     }
 }
 
@@ -236,7 +246,9 @@ impl App {
             self.shared.access_log,
             req.method().clone(),
         ));
-        exchange.client = Some(conn.remote);
+        if self.shared.access_log {
+            exchange.client = Some(conn.logged_remote());
+        }
         // The permit lives in the exchange, so it is released when the response body is done.
         let permit = self.shared.in_flight.clone().try_acquire_owned().ok();
         let served = match permit {
@@ -296,7 +308,7 @@ impl App {
         //    after the request is taken apart, and an already normal path is not copied.
         let uri = req.uri().clone();
         let path = normalize_path(uri.path())?;
-        ex.set_path(&uri, &path);
+        ex.set_path(&path);
 
         // 2. Route: exact path, then the longest prefix, narrowed by method and host.
         let route = match rt.table.lookup(&path, req.method(), host_of(&req)) {

@@ -23,11 +23,13 @@ pub struct Exchange {
     access_log: bool,
     start: Instant,
     pub method: Method,
-    /// The client's address (the TCP peer: tenantgate reads no forwarding headers).
-    pub client: Option<std::net::SocketAddr>,
+    /// The client's address as logged (the TCP peer: tenantgate reads no forwarding headers);
+    /// set only when the access log is on.
+    pub client: Option<Arc<str>>,
     /// The path as logged: normalized, without the query string (which may carry secrets).
-    /// `None` until normalization accepted it: a rejected path is attacker-shaped and not logged.
-    path: Option<LoggedPath>,
+    /// `None` until normalization accepted it (a rejected path is attacker-shaped and not
+    /// logged), and always when the access log is off.
+    path: Option<String>,
     /// The route's cached metric handles, once a route is chosen.
     route: Option<Arc<RouteHandles>>,
     pub tenant: Option<Arc<str>>,
@@ -46,13 +48,6 @@ pub struct Exchange {
 }
 
 const NONE: &str = "none";
-
-/// A normalized path kept for the log. Most paths are already normal, and then the request's
-/// own URI is kept (a reference count, no copy).
-enum LoggedPath {
-    Request(http::Uri),
-    Normalized(String),
-}
 
 /// The "none" label value, shared: recording a request allocates no label strings.
 fn none() -> Arc<str> {
@@ -96,23 +91,18 @@ impl Exchange {
         self.route.as_ref().map(|h| h.route())
     }
 
-    /// Records the request's path once normalization accepted it: `normalized` is what
-    /// [`crate::route::normalize_path`] made of `uri`'s path.
-    pub fn set_path(&mut self, uri: &http::Uri, normalized: &str) {
-        self.path = Some(if normalized == uri.path() {
-            LoggedPath::Request(uri.clone())
-        } else {
-            LoggedPath::Normalized(normalized.to_owned())
-        });
+    /// Records the request's path, once normalization accepted it, for the access log.
+    /// A copy, not a clone of the request's URI: that would keep hyper's read buffer shared
+    /// for the whole exchange and make it allocate a new one for the next request.
+    pub fn set_path(&mut self, normalized: &str) {
+        if self.access_log {
+            self.path = Some(normalized.to_owned());
+        }
     }
 
     /// The path as logged.
     pub fn logged_path(&self) -> &str {
-        match &self.path {
-            Some(LoggedPath::Request(uri)) => uri.path(),
-            Some(LoggedPath::Normalized(p)) => p,
-            None => "<rejected>",
-        }
+        self.path.as_deref().unwrap_or("<rejected>")
     }
 
     /// Keeps the request's in-flight slot until the exchange is recorded.
@@ -187,7 +177,7 @@ impl Drop for Exchange {
                 ($level:ident) => {
                     tracing::$level!(
                         target: "tenantgate::access",
-                        client = %ClientAddr(self.client),
+                        client = self.client.as_deref().unwrap_or(NONE),
                         route = self.route().map_or(NONE, |r| &**r),
                         tenant = &*tenant,
                         tenant_from = self.tenant_origin.unwrap_or(NONE),
@@ -210,18 +200,6 @@ impl Drop for Exchange {
             } else {
                 access_line!(info);
             }
-        }
-    }
-}
-
-/// The client address as logged: the IP and port, or "none" in in-process tests.
-struct ClientAddr(Option<std::net::SocketAddr>);
-
-impl std::fmt::Display for ClientAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(a) => a.fmt(f),
-            None => f.write_str(NONE),
         }
     }
 }

@@ -74,6 +74,38 @@ struct Scratch {
     fields: String,
     message: String,
     value: String,
+    /// The timestamp up to its milliseconds (`2026-12-01T18:20:01.`), for the second in
+    /// `stamp_second`: formatting a date is the costliest part of a line, and lines come many
+    /// per second.
+    stamp: String,
+    stamp_second: Option<i64>,
+}
+
+impl Scratch {
+    /// Writes `ms` (since the epoch) as RFC 3339 with milliseconds, as
+    /// [`crate::time::write_rfc3339`] does, reusing the date of the previous line's second.
+    fn write_stamp(&mut self, out: &mut impl fmt::Write, ms: i64) -> fmt::Result {
+        let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+        if self.stamp_second != Some(second) {
+            self.stamp.clear();
+            crate::time::write_rfc3339(&mut self.stamp, second * 1000)?;
+            // "…:SS.000Z": keep "…:SS." and put this line's milliseconds after it.
+            if !self.stamp.ends_with(".000Z") {
+                self.stamp_second = None;
+                return crate::time::write_rfc3339(out, ms);
+            }
+            self.stamp.truncate(self.stamp.len() - 4);
+            self.stamp_second = Some(second);
+        }
+        out.write_str(&self.stamp)?;
+        let digits = [
+            b'0' + (milli / 100) as u8,
+            b'0' + (milli / 10 % 10) as u8,
+            b'0' + (milli % 10) as u8,
+        ];
+        out.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)?;
+        out.write_char('Z')
+    }
 }
 
 thread_local! {
@@ -85,10 +117,17 @@ struct LogfmtFields<'a> {
     has_message: bool,
 }
 
+/// Whether a logfmt value must be quoted: empty, or holding a space, `=`, `"` or a control
+/// character. ASCII is checked a byte at a time; the rest by character (C1 controls).
+fn needs_quotes(v: &str) -> bool {
+    v.is_empty()
+        || v.bytes()
+            .any(|b| b <= b' ' || b == b'=' || b == b'"' || b == 0x7f)
+        || (!v.is_ascii() && v.chars().any(char::is_control))
+}
+
 fn logfmt_value(out: &mut String, v: &str) {
-    let needs_quotes = v.is_empty()
-        || v.chars()
-            .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control());
+    let needs_quotes = needs_quotes(v);
     if needs_quotes {
         out.push('"');
         for c in v.chars() {
@@ -109,6 +148,23 @@ fn logfmt_value(out: &mut String, v: &str) {
 }
 
 impl LogfmtFields<'_> {
+    /// A field whose value never needs quotes (a number, a boolean).
+    fn plain(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if field.name() == "message" {
+            let mut v = std::mem::take(&mut self.scratch.value);
+            v.clear();
+            let _ = v.write_fmt(value);
+            self.record_str(field, &v);
+            self.scratch.value = v;
+            return;
+        }
+        let out = &mut self.scratch.fields;
+        out.push(' ');
+        out.push_str(field.name());
+        out.push('=');
+        let _ = out.write_fmt(value);
+    }
+
     fn field(&mut self, name: &str, value: &str) {
         let out = &mut self.scratch.fields;
         out.push(' ');
@@ -129,6 +185,31 @@ impl Visit for LogfmtFields<'_> {
         }
     }
 
+    // Numbers and booleans need no quoting: written straight into the line, where the default
+    // methods would format them through `record_debug` and check them for quotes.
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        let mut digits = [0u8; 20];
+        self.plain(field, format_args!("{}", decimal(value, &mut digits)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        let mut digits = [0u8; 20];
+        let sign = if value < 0 { "-" } else { "" };
+        self.plain(
+            field,
+            format_args!("{sign}{}", decimal(value.unsigned_abs(), &mut digits)),
+        );
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        // Debug, as `record_debug` formats it: `1.0`, not `1`.
+        self.plain(field, format_args!("{value:?}"));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.plain(field, format_args!("{value}"));
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         // Formatted into a reused string, then quoted as needed.
         let mut v = std::mem::take(&mut self.scratch.value);
@@ -145,6 +226,22 @@ impl Visit for LogfmtFields<'_> {
         self.record_str(field, &v);
         self.scratch.value = v;
     }
+}
+
+/// `n` in decimal, in the tail of `buf`: cheaper than the formatting machinery for the
+/// counters and sizes of every access-log line.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
 }
 
 fn level_name(level: &tracing::Level) -> &'static str {
@@ -167,7 +264,7 @@ impl Logfmt {
         event.record(&mut v);
         let has_message = v.has_message;
         write!(writer, "ts=")?;
-        crate::time::write_rfc3339(writer, crate::time::now_millis())?;
+        scratch.write_stamp(writer, crate::time::now_millis())?;
         write!(writer, " level={}", level_name(event.metadata().level()))?;
         if has_message {
             // The message goes through the same quoting as any value, via the value scratch.
@@ -203,6 +300,59 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cached_timestamp_is_the_full_formatting() {
+        let mut scratch = Scratch::default();
+        // Within one second, across seconds, back again, and at the epoch.
+        for ms in [
+            1_764_612_001_000,
+            1_764_612_001_007,
+            1_764_612_001_999,
+            1_764_612_002_040,
+            1_764_612_001_500,
+            0,
+            999,
+        ] {
+            let mut cached = String::new();
+            scratch.write_stamp(&mut cached, ms).unwrap();
+            let mut full = String::new();
+            crate::time::write_rfc3339(&mut full, ms).unwrap();
+            assert_eq!(cached, full, "{ms}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        for n in [0, 7, 10, 99, 100, 65_535, 1 << 40, u64::MAX] {
+            let mut buf = [0u8; 20];
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
+    }
+
+    #[test]
+    fn quoting_is_decided_as_by_character() {
+        for v in [
+            "plain",
+            "",
+            "a b",
+            "a=b",
+            "a\"b",
+            "tab\there",
+            "del\u{7f}",
+            "é",
+            "c1\u{85}x",
+            "日本",
+            "a\nb",
+            "-",
+            "1.5",
+        ] {
+            let by_char = v.is_empty()
+                || v.chars()
+                    .any(|c| c == ' ' || c == '=' || c == '"' || c.is_control());
+            assert_eq!(needs_quotes(v), by_char, "{v:?}");
+        }
+    }
 
     #[test]
     fn logfmt_quotes_only_when_needed() {
