@@ -78,6 +78,8 @@ impl Default for ConnInfo {
 pub struct Runtime {
     pub config: Config,
     pub table: RouteTable,
+    /// Whether a route matches on `Host` (else requests skip reading it).
+    uses_host: bool,
     pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
 }
 
@@ -124,8 +126,10 @@ impl Runtime {
             }
         }
         let routes = std::mem::take(&mut config.routes);
+        let table = RouteTable::new(routes);
         Ok(Runtime {
-            table: RouteTable::new(routes),
+            uses_host: table.uses_host(),
+            table,
             config,
             upstreams,
         })
@@ -311,7 +315,8 @@ impl App {
         ex.set_path(&path);
 
         // 2. Route: exact path, then the longest prefix, narrowed by method and host.
-        let route = match rt.table.lookup(&path, req.method(), host_of(&req)) {
+        let host = if rt.uses_host { host_of(&req) } else { None };
+        let route = match rt.table.lookup(&path, req.method(), host) {
             RouteMatch::Found(r) => r.clone(),
             RouteMatch::MethodNotAllowed => {
                 return Err(ProxyError::MethodNotAllowed(req.method().to_string()));

@@ -353,10 +353,21 @@ impl RouteTable {
         &self.routes
     }
 
+    /// Whether any route matches on `Host`: if none does, a lookup needs no host.
+    pub fn uses_host(&self) -> bool {
+        self.routes.iter().any(|r| r.host.is_some())
+    }
+
     /// Finds the route for a normalized path, a method and an optional host (without port).
     pub fn lookup(&self, path: &str, method: &Method, host: Option<&str>) -> RouteMatch<'_> {
         let mut method_mismatch = false;
-        let candidates = self.exact.get(path).into_iter().flatten().chain(
+        // No exact routes (the usual config): no hashing of the path.
+        let exact = if self.exact.is_empty() {
+            None
+        } else {
+            self.exact.get(path)
+        };
+        let candidates = exact.into_iter().flatten().chain(
             self.prefixes
                 .iter()
                 .filter(|&&i| self.routes[i].path.matches(path)),
