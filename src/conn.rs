@@ -159,7 +159,7 @@ pub enum BodyTooSlow {
 
 pin_project_lite::pin_project! {
     /// A request body held to a [`BodyPace`]. The timer is allocated only when the client makes
-    /// us wait, as most bodies arrive at once.
+    /// us wait, as most bodies arrive at once, and then kept for the body's life.
     pub struct TimedBody<B> {
         #[pin]
         inner: B,
@@ -202,7 +202,8 @@ where
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.timer = None;
+                // The timer stays allocated (and may stay armed): it is re-aimed when it fires,
+                // not every piece, so a stream of pieces costs no timer churn.
                 if let Some(since) = this.waiting_since.take() {
                     *this.waited += since.elapsed();
                 }
@@ -224,16 +225,25 @@ where
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                if this.waiting_since.is_none() {
-                    *this.waiting_since = Some(tokio::time::Instant::now());
-                }
+                let since = *this
+                    .waiting_since
+                    .get_or_insert_with(tokio::time::Instant::now);
                 let idle = this.pace.idle;
+                let deadline = since + idle;
                 let timer = this
                     .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow::Idle(idle))))),
-                    Poll::Pending => Poll::Pending,
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                loop {
+                    match timer.as_mut().poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        // Armed for an earlier wait: this wait's deadline is later.
+                        Poll::Ready(()) if timer.deadline() < deadline => {
+                            timer.as_mut().reset(deadline);
+                        }
+                        Poll::Ready(()) => {
+                            return Poll::Ready(Some(Err(Box::new(BodyTooSlow::Idle(idle)))));
+                        }
+                    }
                 }
             }
         }
@@ -487,6 +497,38 @@ mod tests {
             n += f.unwrap().into_data().unwrap().len();
         }
         assert_eq!(n, 30 * 2048);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_each_wait_not_the_first() {
+        use http_body_util::BodyExt as _;
+        // Pieces 0.7 idle apart outlive the timer armed by the first wait, which must be moved
+        // on, not fire; then a silence of more than idle fails exactly idle after it began.
+        let idle = PACE.idle;
+        let pace = BodyPace {
+            min_rate: 0,
+            ..PACE
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let mut body = TimedBody::new(Chan(rx), pace);
+        let sender = tokio::spawn(async move {
+            for _ in 0..6 {
+                tokio::time::sleep(idle.mul_f64(0.7)).await;
+                if tx.send(Bytes::from_static(b"x")).await.is_err() {
+                    return;
+                }
+            }
+            tokio::time::sleep(idle * 3).await;
+            drop(tx);
+        });
+        for _ in 0..6 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        let silent_from = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("body_read_timeout"), "{err}");
+        assert_eq!(tokio::time::Instant::now() - silent_from, idle);
+        sender.abort();
     }
 
     #[tokio::test(start_paused = true)]
