@@ -65,6 +65,8 @@ pin_project_lite::pin_project! {
     /// A stream that first yields bytes already read from it.
     pub struct Replay<S> {
         prefix: Bytes,
+        // An error the inner stream returned while the prefix was being handed out.
+        error: Option<std::io::Error>,
         #[pin]
         inner: S,
     }
@@ -72,7 +74,11 @@ pin_project_lite::pin_project! {
 
 impl<S> Replay<S> {
     pub fn new(prefix: Bytes, inner: S) -> Self {
-        Replay { prefix, inner }
+        Replay {
+            prefix,
+            error: None,
+            inner,
+        }
     }
 }
 
@@ -83,13 +89,27 @@ impl<S: AsyncRead> AsyncRead for Replay<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.project();
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            buf.put_slice(&this.prefix[..n]);
-            this.prefix.advance(n);
-            return Poll::Ready(Ok(()));
+        if let Some(e) = this.error.take() {
+            return Poll::Ready(Err(e));
         }
-        this.inner.poll_read(cx, buf)
+        if this.prefix.is_empty() {
+            return this.inner.poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        // The rest of what already arrived joins the prefix in the same read. Handed the prefix
+        // alone, hyper would find a partial head in its 8 KiB read buffer and reserve 8 KiB more
+        // for the next read, doubling the buffer every connection keeps for its whole life.
+        // The prefix is a complete answer to this read whatever the inner read says (data,
+        // nothing yet, or EOF, which the next read sees again); an error is kept for the next.
+        if this.prefix.is_empty()
+            && buf.remaining() > 0
+            && let Poll::Ready(Err(e)) = this.inner.poll_read(cx, buf)
+        {
+            *this.error = Some(e);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -352,15 +372,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
 /// preface and then nothing), or when no request has started for `limits.idle` after that.
 /// `activity` holds the [`mono_ms`] stamp of the last request start, 0 before the first.
 /// `close` asks this one connection to close the same way ([`crate::conns`]).
+///
+/// The connection is pinned by the caller: taken by value, it would be stored twice in this
+/// future (as the argument and as the pinned local), and this future is most of what every
+/// open connection costs.
 pub async fn drive<C: GracefulConnection>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     mut stop: watch::Receiver<bool>,
     limits: Limits,
     activity: Arc<AtomicU64>,
     close: &Notify,
 ) -> Result<(), C::Error> {
     let (first, idle) = (limits.header_read, limits.idle);
-    let mut conn = std::pin::pin!(conn);
     let opened = mono_ms();
     let mut closing = false;
     if *stop.borrow() {
@@ -553,6 +576,20 @@ mod tests {
         w.write_all(&[0u8; 64]).await.unwrap();
         let err = w.write_all(&[0u8; 64]).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn replay_hands_over_the_prefix_with_what_already_arrived() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.unwrap();
+        let mut r = Replay::new(Bytes::from_static(b"hello"), server);
+        let mut buf = [0u8; 32];
+        let n = r.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello world", "one read, not the prefix alone");
+        // Nothing more has arrived: the prefix alone is still a complete read.
+        let mut r = Replay::new(Bytes::from_static(b"hello"), tokio::io::duplex(64).1);
+        let n = r.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"hello");
     }
 
     #[tokio::test]

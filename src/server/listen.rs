@@ -153,10 +153,10 @@ fn serve_connection(
                 let conn = Conn::new(remote, None, role, activity, registration.as_ref());
                 serve_stream(stream, conn, &state, &builder, stop, limits).await
             }
-            Some(tls) => {
-                let Some((stream, peer, chain)) = handshake(stream, &tls, remote).await else {
-                    return;
-                };
+            // Boxed: the handshake and the TLS session are kilobytes a plain connection's task
+            // need not be sized for. `None` when the connection ended before being served.
+            Some(tls) => match Box::pin(async {
+                let (stream, peer, chain) = handshake(stream, &tls, remote).await?;
                 if let Some(chain) = chain {
                     let r = state.cert_conns.register(activity.clone());
                     r.set_chain(chain.clone());
@@ -164,13 +164,18 @@ fn serve_connection(
                     // of the registry: check against what is current now that this one is in it.
                     if !still_trusted(&state, &tls, &chain) {
                         tracing::info!(remote = %remote, "client certificate no longer trusted after a reload; closing");
-                        return;
+                        return None;
                     }
                     registration = Some(r);
                 }
                 let conn = Conn::new(remote, Some(peer), role, activity, registration.as_ref());
-                serve_stream(stream, conn, &state, &builder, stop, limits).await
-            }
+                Some(serve_stream(stream, conn, &state, &builder, stop, limits).await)
+            })
+            .await
+            {
+                Some(result) => result,
+                None => return,
+            },
         };
         if let Err(e) = result {
             tracing::debug!(error = %e, remote = %remote, "connection ended with an error");
@@ -282,44 +287,41 @@ where
         prefix,
         crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send)),
     ));
-    // One arm per protocol and role: each connection type is its own future type.
-    macro_rules! serve {
-        ($svc:expr) => {
-            if h2 {
-                conn::drive(
-                    builder.h2.serve_connection(io, $svc),
-                    stop,
-                    limits,
-                    activity,
-                    &close,
-                )
-                .await
-                .map_err(Into::into)
-            } else {
-                conn::drive(
-                    builder.h1.serve_connection(io, $svc),
-                    stop,
-                    limits,
-                    activity,
-                    &close,
-                )
-                .await
-                .map_err(Into::into)
+    macro_rules! drive {
+        ($conn:expr) => {
+            async {
+                let conn = std::pin::pin!($conn);
+                conn::drive(conn, stop, limits, activity, &close).await
             }
         };
     }
-    match role {
-        Role::Data => serve!(DataService {
-            app: state.app.clone(),
-            info: Arc::new(info),
-            body_pace: limits.body,
-            activity: activity.clone(),
-        }),
-        Role::Admin => serve!(admin::AdminService {
-            state: state.clone(),
-            activity: activity.clone(),
-        }),
-    }
+    // One arm per protocol and role: each connection type is its own future type. Only HTTP/1 on
+    // the data listener (nearly every connection) is driven inline; the others are boxed, so
+    // that their larger futures (an HTTP/2 connection's state is several KiB) do not size the
+    // task of every connection.
+    let data = |activity: &Arc<AtomicU64>| DataService {
+        app: state.app.clone(),
+        info: Arc::new(info),
+        body_pace: limits.body,
+        activity: activity.clone(),
+    };
+    let admin = |activity: &Arc<AtomicU64>| admin::AdminService {
+        state: state.clone(),
+        activity: activity.clone(),
+    };
+    let result = match (role, h2) {
+        (Role::Data, false) => drive!(builder.h1.serve_connection(io, data(&activity))).await,
+        (Role::Data, true) => {
+            Box::pin(drive!(builder.h2.serve_connection(io, data(&activity)))).await
+        }
+        (Role::Admin, false) => {
+            Box::pin(drive!(builder.h1.serve_connection(io, admin(&activity)))).await
+        }
+        (Role::Admin, true) => {
+            Box::pin(drive!(builder.h2.serve_connection(io, admin(&activity)))).await
+        }
+    };
+    result.map_err(Into::into)
 }
 
 /// The data listener's service for one connection: every request carries the connection's
