@@ -169,6 +169,21 @@ impl Default for AppOptions {
     }
 }
 
+/// The size of a request's head as HTTP/1.1 writes it: request line, `name: value` lines and
+/// the blank line.
+fn head_size<B>(req: &Request<B>) -> u64 {
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |pq| pq.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    (line + fields + 2) as u64
+}
+
 fn host_of<B>(req: &Request<B>) -> Option<&str> {
     let raw = req
         .headers()
@@ -305,6 +320,10 @@ impl App {
         let limit = rt.config.server.max_headers;
         if req.headers().len() > limit {
             return Err(ProxyError::TooManyHeaders { limit });
+        }
+        let limit = rt.config.server.max_header_bytes;
+        if head_size(&req) > limit {
+            return Err(ProxyError::HeadTooLarge { limit });
         }
 
         // 1. One normalized path, used for matching and forwarding alike.

@@ -103,3 +103,10 @@ fn a_reload_keeps_the_pools_of_unchanged_upstreams_only() {
         "changed upstream kept its old pool"
     );
 }
+
+#[test]
+fn a_head_is_measured_as_http1_writes_it() {
+    let req = Request::get("/x").header("host", "a").body(()).unwrap();
+    // "GET /x HTTP/1.1\r\n" + "host: a\r\n" + "\r\n"
+    assert_eq!(head_size(&req), 17 + 9 + 2);
+}

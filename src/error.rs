@@ -52,6 +52,10 @@ pub enum ProxyError {
     /// More request headers than `server.max_headers` (HTTP/2; hyper answers HTTP/1 itself).
     #[error("more than {limit} request headers (server.max_headers)")]
     TooManyHeaders { limit: usize },
+    /// A request head larger than `server.max_header_bytes`. hyper's own check depends on how
+    /// the head arrived in reads, so tenantgate measures the parsed head itself too.
+    #[error("request head larger than {limit} bytes (server.max_header_bytes)")]
+    HeadTooLarge { limit: u64 },
     #[error("invalid tenant: {0}")]
     BadTenant(#[from] InvalidTenant),
     /// No or wrong credentials; `challenges` become `WWW-Authenticate` headers.
@@ -101,7 +105,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "bad_data"),
             ProxyError::ClientBody(_) => (StatusCode::BAD_REQUEST, "bad_data"),
             ProxyError::ClientTooSlow(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
-            ProxyError::TooManyHeaders { .. } => {
+            ProxyError::TooManyHeaders { .. } | ProxyError::HeadTooLarge { .. } => {
                 (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "bad_data")
             }
             ProxyError::BadTenant(_) | ProxyError::BadTenantHeader(_) => {
@@ -194,6 +198,7 @@ mod tests {
             (ProxyError::MethodNotAllowed("PUT".into()), 405, "bad_data"),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, "bad_data"),
             (ProxyError::TooManyHeaders { limit: 100 }, 431, "bad_data"),
+            (ProxyError::HeadTooLarge { limit: 100 }, 431, "bad_data"),
             (ProxyError::ClientBody("x".into()), 400, "bad_data"),
             (ProxyError::ClientTooSlow("x".into()), 408, "timeout"),
             (
