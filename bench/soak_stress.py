@@ -253,19 +253,24 @@ def main():
 
     t0 = time.monotonic()
 
-    def reloader():
+    def reload_to(ac, v):
+        """Config version v (a new certificate every --rotate-every), then POST /-/reload."""
         nonlocal serial
+        if a.rotate_every and v % a.rotate_every == 0:
+            serial += 1
+            pki(serial)
+        open(cfg + ".tmp", "w").write(config(up.port, v))
+        os.replace(cfg + ".tmp", cfg)
+        ac.request("POST", "/-/reload")
+        r = ac.getresponse()
+        return r.status, r.read()
+
+    def reloader():
         ac = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
         v = 0
         while not stop.wait(a.reload_every):
             v += 1
-            if a.rotate_every and v % a.rotate_every == 0:
-                serial += 1
-                pki(serial)
-            open(cfg + ".tmp", "w").write(config(up.port, v))
-            os.replace(cfg + ".tmp", cfg)
-            ac.request("POST", "/-/reload")
-            r = ac.getresponse(); r.read()
+            reload_to(ac, v)
             counts["reloads"] += 1
 
     if a.reload_every:
@@ -300,14 +305,8 @@ def main():
         ac = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
         step = int(a.sample_every) if a.sample_every >= 1 else 500
         for v in range(1, a.reloads + 1):
-            if a.rotate_every and v % a.rotate_every == 0:
-                serial += 1
-                pki(serial)
-            open(cfg + ".tmp", "w").write(config(up.port, v))
-            os.replace(cfg + ".tmp", cfg)
-            ac.request("POST", "/-/reload")
-            r = ac.getresponse(); body = r.read()
-            assert r.status == 200, body
+            status_code, body = reload_to(ac, v)
+            assert status_code == 200, body
             counts["reloads"] += 1
             if v % step == 0:
                 sample(f"reload {v}")
