@@ -78,8 +78,6 @@ impl Default for ConnInfo {
 pub struct Runtime {
     pub config: Config,
     pub table: RouteTable,
-    /// Whether a route matches on `Host` (else requests skip reading it).
-    uses_host: bool,
     pub upstreams: HashMap<Arc<str>, Arc<Upstream>>,
 }
 
@@ -126,10 +124,8 @@ impl Runtime {
             }
         }
         let routes = std::mem::take(&mut config.routes);
-        let table = RouteTable::new(routes);
         Ok(Runtime {
-            uses_host: table.uses_host(),
-            table,
+            table: RouteTable::new(routes),
             config,
             upstreams,
         })
@@ -334,7 +330,11 @@ impl App {
         ex.set_path(&path);
 
         // 2. Route: exact path, then the longest prefix, narrowed by method and host.
-        let host = if rt.uses_host { host_of(&req) } else { None };
+        let host = if rt.table.uses_host() {
+            host_of(&req)
+        } else {
+            None
+        };
         let route = match rt.table.lookup(&path, req.method(), host) {
             RouteMatch::Found(r) => r.clone(),
             RouteMatch::MethodNotAllowed => {

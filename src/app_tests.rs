@@ -110,3 +110,33 @@ fn a_head_is_measured_as_http1_writes_it() {
     // "GET /x HTTP/1.1\r\n" + "host: a\r\n" + "\r\n"
     assert_eq!(head_size(&req), 17 + 9 + 2);
 }
+
+#[tokio::test]
+async fn a_route_with_a_host_is_chosen_by_the_request_host() {
+    // The request's Host is read only when some route matches on it: this config has one.
+    let yaml = "upstreams:\n  a: { url: \"http://127.0.0.1:1\" }\nroutes:\n  - { name: by-host, match: { path_prefix: /, host: other.example }, upstream: a, tenant: t }\n  - { name: any, match: { path_prefix: / }, upstream: a, tenant: t }\n";
+    let config = from_yaml(yaml, "test.yaml", &Overrides::default()).unwrap();
+    let app = App::new(config, AppOptions { access_log: false }).unwrap();
+    assert!(app.runtime().table.uses_host());
+    for host in ["other.example:9090", "else.example"] {
+        let req = Request::get("/x")
+            .header(header::HOST, host)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        drop(app.handle(req).await);
+    }
+    let text = app.metrics().encode_text();
+    for route in ["by-host", "any"] {
+        let want = format!(
+            r#"tenantgate_requests_total{{route="{route}",tenant="t",method="GET",code="502"}} 1"#
+        );
+        assert!(text.lines().any(|l| l == want), "no {want:?} in:\n{text}");
+    }
+    let plain = from_yaml(
+        "upstreams:\n  a: { url: \"http://127.0.0.1:1\" }\nroutes:\n  - { name: r, match: { path_prefix: / }, upstream: a, tenant: t }\n",
+        "test.yaml",
+        &Overrides::default(),
+    )
+    .unwrap();
+    assert!(!RouteTable::new(plain.routes).uses_host());
+}

@@ -313,6 +313,8 @@ pub struct RouteTable {
     exact: HashMap<String, Vec<usize>>,
     /// Indexes of prefix routes, longest prefix first; equal lengths keep config order.
     prefixes: Vec<usize>,
+    /// Whether any route matches on `Host` (else a lookup needs none).
+    uses_host: bool,
 }
 
 /// Indexes of `paths` in the order they are tried: exact paths in file order, then prefixes,
@@ -343,6 +345,7 @@ impl RouteTable {
             }
         }
         RouteTable {
+            uses_host: routes.iter().any(|r| r.host.is_some()),
             routes,
             exact,
             prefixes,
@@ -355,7 +358,7 @@ impl RouteTable {
 
     /// Whether any route matches on `Host`: if none does, a lookup needs no host.
     pub fn uses_host(&self) -> bool {
-        self.routes.iter().any(|r| r.host.is_some())
+        self.uses_host
     }
 
     /// Finds the route for a normalized path, a method and an optional host (without port).
