@@ -420,7 +420,7 @@ fn describe(c: &Config) -> String {
         let t = &u.timeouts;
         let _ = writeln!(
             out,
-            "  {:<16} {}{}  (http2: {}, connect {}, response_header {}, idle {})",
+            "  {:<16} {}{}  (http2: {}, connect {}, response_header {}, idle {}, max_idle_connections {})",
             u.name,
             u.origin.to_string().trim_end_matches('/'),
             u.base_path,
@@ -428,6 +428,7 @@ fn describe(c: &Config) -> String {
             config::units::format_duration(t.connect),
             config::units::format_duration(t.response_header),
             config::units::format_duration(t.idle),
+            u.max_idle_connections,
         );
     }
     let _ = writeln!(

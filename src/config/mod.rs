@@ -25,7 +25,10 @@ use std::time::Duration;
 use http::Uri;
 
 pub use parse::parse_raw;
-pub use validate::{DEFAULT_LISTEN, DEFAULT_MAX_REQUEST_BODY, Overrides, parse_listen, validate};
+pub use validate::{
+    DEFAULT_LISTEN, DEFAULT_MAX_IDLE_CONNECTIONS, DEFAULT_MAX_REQUEST_BODY, Overrides,
+    parse_listen, validate,
+};
 
 use crate::route::Route;
 
@@ -86,6 +89,8 @@ pub struct UpstreamSettings {
     pub base_path: String,
     pub http2: bool,
     pub timeouts: Timeouts,
+    /// Idle HTTP/1 connections kept for reuse (the least recently used past it are closed).
+    pub max_idle_connections: usize,
     pub health_check: Option<HealthCheck>,
     /// TLS settings for an https upstream (system roots when absent).
     pub tls: Option<crate::tls::UpstreamTls>,

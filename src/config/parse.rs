@@ -325,8 +325,23 @@ pub fn parse_raw(yaml: &str, source: &str) -> Result<raw::RawConfig, ConfigError
         }
         blanked.push(path);
     }
+    for e in &mut errors {
+        clamp_to_last_line(e, yaml);
+    }
     Err(ConfigErrors {
         source: source.to_owned(),
         errors,
     })
+}
+
+/// The parser places an error at the end of input on the line after a final newline, which
+/// the file does not have (an editor opens it at an empty line past the end). Point at the end
+/// of the last line instead. Done once parsing is over: blanking works on the parser's lines.
+fn clamp_to_last_line(e: &mut ConfigError, yaml: &str) {
+    let lines = yaml.lines().count();
+    if lines > 0 && e.line.is_some_and(|l| l > lines) {
+        let last = yaml.lines().last().unwrap_or("");
+        e.line = Some(lines);
+        e.column = Some(last.chars().count() + 1);
+    }
 }

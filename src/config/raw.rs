@@ -167,6 +167,9 @@ pub struct RawUpstream {
     pub tls: Option<Spanned<RawUpstreamTls>>,
     /// Probe the upstream in the background; `/-/ready` is false while a probe fails.
     pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// Idle HTTP/1 connections kept open for reuse; past it the least recently used is closed.
+    /// 0 dials a new connection for every request. Default 64.
+    pub max_idle_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

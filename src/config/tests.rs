@@ -90,6 +90,21 @@ fn command_line_overrides_apply_before_validation() {
 }
 
 #[test]
+fn an_error_at_the_end_of_the_file_points_at_its_last_line() {
+    // An unclosed quote runs to the end of input: the parser's position is past a final newline.
+    for end in ["", "\n"] {
+        let yaml = format!("{}\n    rewrite: \"/x{end}", MINIMAL.trim_end());
+        let lines = yaml.lines().count();
+        let err = first_error(&yaml);
+        let last = yaml.lines().last().unwrap().len();
+        assert!(
+            err.starts_with(&format!("test.yaml:{lines}:")),
+            "{end:?}: {err} (the file has {lines} lines, the last {last} long)"
+        );
+    }
+}
+
+#[test]
 fn unknown_keys_name_the_key_path_and_line() {
     let yaml =
         "upstreams:\n  mimir:\n    url: http://m\n    timeouts:\n      conect: 5s\nroutes: []\n";
@@ -359,6 +374,29 @@ fn upstream_urls_are_checked() {
         first_error(&zero).contains("upstreams.mimir.timeouts.idle: must be > 0, got 0s"),
         "{}",
         first_error(&zero)
+    );
+}
+
+#[test]
+fn idle_upstream_connections_are_bounded_by_default() {
+    let default = load_str(MINIMAL).unwrap();
+    assert_eq!(default.upstreams["mimir"].max_idle_connections, 64);
+    let none = MINIMAL.replace(
+        "url: http://mimir:8080",
+        "url: http://mimir:8080\n    max_idle_connections: 0",
+    );
+    assert_eq!(
+        load_str(&none).unwrap().upstreams["mimir"].max_idle_connections,
+        0
+    );
+    let negative = MINIMAL.replace(
+        "url: http://mimir:8080",
+        "url: http://mimir:8080\n    max_idle_connections: -1",
+    );
+    assert!(
+        first_error(&negative).contains("max_idle_connections"),
+        "{}",
+        first_error(&negative)
     );
 }
 

@@ -158,6 +158,11 @@ pub(super) fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// Idle upstream connections kept per upstream. A Prometheus remote-writes over up to 50 shards
+/// (its default `max_shards`), so a few of them stay on warm connections, while a burst from a
+/// thousand clients does not leave a thousand upstream connections (and their buffers) behind.
+pub const DEFAULT_MAX_IDLE_CONNECTIONS: usize = 64;
+
 fn upstream_settings(
     errs: &mut Errors,
     name: &str,
@@ -294,6 +299,9 @@ fn upstream_settings(
         base_path,
         http2,
         timeouts,
+        max_idle_connections: u
+            .max_idle_connections
+            .unwrap_or(DEFAULT_MAX_IDLE_CONNECTIONS),
         health_check,
         tls,
     })

@@ -179,7 +179,13 @@ impl Upstream {
         } else {
             builder.enable_http1().wrap_connector(http)
         };
-        let pool = Pool::new(connector, &settings.origin, settings.http2, idle_timeout)?;
+        let pool = Pool::new(
+            connector,
+            &settings.origin,
+            settings.http2,
+            idle_timeout,
+            settings.max_idle_connections,
+        )?;
         let healthy = AtomicBool::new(settings.health_check.is_none());
         Ok(Upstream {
             settings,

@@ -11,6 +11,7 @@
 //! upstream is never sent again. Only a request that hyper hands back unsent (the connection
 //! was found closed before the request was written) is tried on another connection.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -59,9 +60,11 @@ pub(crate) struct Pool {
 
 /// The part of the pool that response bodies hold on to, to hand their connection back.
 pub(crate) struct Shared {
-    /// HTTP/1 connections ready for a request, the most recently used on top (so the extra
-    /// connections of a burst are the ones that sit idle long enough to be closed).
-    idle: Mutex<Vec<Idle>>,
+    /// HTTP/1 connections ready for a request, the most recently used at the back (so the
+    /// extra connections of a burst are the ones that sit idle long enough to be closed, and
+    /// the ones closed first when more than `max_idle` come back).
+    idle: Mutex<VecDeque<Idle>>,
+    max_idle: usize,
     /// The HTTP/2 connection, for an `http2` upstream.
     h2: Mutex<Option<SharedH2>>,
     /// Held while an HTTP/2 connection is being made, so a burst makes one, not one each.
@@ -78,6 +81,21 @@ struct Idle {
 struct SharedH2 {
     tx: H2Sender,
     last_used: Instant,
+}
+
+/// Pushes `item` as the most recently used of at most `max` items; returns the one that no
+/// longer fits: the least recently used, or `item` itself when `max` is 0.
+fn keep_newest<T>(items: &mut VecDeque<T>, max: usize, item: T) -> Option<T> {
+    if max == 0 {
+        return Some(item);
+    }
+    let out = if items.len() >= max {
+        items.pop_front()
+    } else {
+        None
+    };
+    items.push_back(item);
+    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -107,6 +125,7 @@ impl Pool {
         origin: &Uri,
         http2: bool,
         idle_timeout: Duration,
+        max_idle: usize,
     ) -> Result<Pool, String> {
         let scheme = origin.scheme().cloned().unwrap_or(Scheme::HTTP);
         let authority = origin
@@ -121,7 +140,8 @@ impl Pool {
             host: host_header(origin)?,
             http2,
             shared: Arc::new(Shared {
-                idle: Mutex::new(Vec::new()),
+                idle: Mutex::new(VecDeque::new()),
+                max_idle,
                 h2: Mutex::new(None),
                 h2_connecting: tokio::sync::Mutex::new(()),
                 idle_timeout,
@@ -287,7 +307,7 @@ impl Shared {
     fn take_idle(&self) -> Option<H1Sender> {
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        while let Some(top) = idle.pop() {
+        while let Some(top) = idle.pop_back() {
             if now.saturating_duration_since(top.since) >= self.idle_timeout {
                 // Every connection below has been idle longer still.
                 idle.clear();
@@ -301,10 +321,14 @@ impl Shared {
         None
     }
 
-    /// Takes back a connection whose exchange is over and that wants its next request.
+    /// Takes back a connection whose exchange is over and that wants its next request. Past
+    /// `max_idle`, the least recently used idle connection is closed (NGINX's `keepalive`):
+    /// dropping its sender ends the connection's task, which closes the socket.
     pub(crate) fn put(&self, tx: H1Sender) {
         let since = Instant::now();
-        lock(&self.idle).push(Idle { tx, since });
+        let closed = keep_newest(&mut lock(&self.idle), self.max_idle, Idle { tx, since });
+        // Outside the lock: closing wakes the connection's task.
+        drop(closed);
     }
 
     fn shared_h2(&self) -> Option<H2Sender> {

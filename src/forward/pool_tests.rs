@@ -154,6 +154,7 @@ fn settings(url: &str, http2: bool) -> UpstreamSettings {
             response_header: Duration::from_secs(30),
             idle: Duration::from_secs(30),
         },
+        max_idle_connections: crate::config::DEFAULT_MAX_IDLE_CONNECTIONS,
         health_check: None,
         tls: None,
     }
@@ -432,6 +433,67 @@ async fn concurrent_requests_open_connections_that_are_reused_afterwards() {
         get_ok(&up, "/", 4).await;
     }
     assert_eq!(st.count(&st.accepted), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_idle_connections_the_least_recently_used_are_closed() {
+    let upstream = TestUpstream::start(None).await;
+    let st = &upstream.state;
+    let mut s = upstream.settings(false);
+    s.max_idle_connections = 2;
+    let up = Arc::new(Upstream::new(s).unwrap());
+    // A burst needs five connections; only two of them stay once it is over.
+    concurrent(&upstream, &up, 5).await;
+    assert_eq!(st.count(&st.accepted), 5);
+    eventually("three connections closed", || st.count(&st.closed) == 3).await;
+    assert_eq!(up.pool.idle_open(), 2);
+    for _ in 0..4 {
+        get_ok(&up, "/", 2).await;
+    }
+    assert_eq!(st.count(&st.accepted), 5);
+
+    // The connection that came back last is the one reused first; the oldest goes first.
+    let mut s = upstream.settings(false);
+    s.max_idle_connections = 1;
+    let up = Arc::new(Upstream::new(s).unwrap());
+    let first = up.send(request(&up, "/slow")).await.unwrap();
+    get_ok(&up, "/", 1).await;
+    // The body of `/slow` ends: its connection comes back and the older idle one is closed.
+    drop(st.slow_rest.lock().unwrap().take());
+    first.into_body().collect().await.unwrap();
+    eventually("the older idle connection closed", || {
+        st.count(&st.closed) == 4
+    })
+    .await;
+    assert_eq!(up.pool.idle_open(), 1);
+    assert_eq!(st.count(&st.accepted), 7);
+    get_ok(&up, "/", 1).await;
+    assert_eq!(st.count(&st.accepted), 7);
+}
+
+#[test]
+fn the_least_recently_used_makes_room() {
+    let mut items = std::collections::VecDeque::from([1, 2]);
+    assert_eq!(super::keep_newest(&mut items, 3, 3), None);
+    assert_eq!(super::keep_newest(&mut items, 3, 4), Some(1));
+    assert_eq!(items, [2, 3, 4]);
+    assert_eq!(super::keep_newest(&mut items, 0, 5), Some(5));
+    assert_eq!(items, [2, 3, 4]);
+}
+
+#[tokio::test]
+async fn max_idle_connections_0_dials_every_request() {
+    let upstream = TestUpstream::start(None).await;
+    let st = &upstream.state;
+    let mut s = upstream.settings(false);
+    s.max_idle_connections = 0;
+    let up = Upstream::new(s).unwrap();
+    for n in 1..=3 {
+        assert_eq!(get(&up, "/").await.unwrap().0, 200);
+        eventually("the connection closed", || st.count(&st.closed) == n).await;
+        assert_eq!(up.pool.idle_open(), 0);
+    }
+    assert_eq!(st.count(&st.accepted), 3);
 }
 
 #[tokio::test]

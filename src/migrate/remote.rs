@@ -89,6 +89,7 @@ impl Endpoint {
             base_path: String::new(),
             http2: false,
             timeouts,
+            max_idle_connections: crate::config::DEFAULT_MAX_IDLE_CONNECTIONS,
             health_check: None,
             tls,
         })

@@ -53,6 +53,16 @@ pub(super) enum Role {
     Admin,
 }
 
+impl Role {
+    /// The `listener` field of log lines.
+    fn name(self) -> &'static str {
+        match self {
+            Role::Data => "data",
+            Role::Admin => "admin",
+        }
+    }
+}
+
 pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
     if ctx.role == Role::Admin {
         return admin_accept_loop(listener, ctx).await;
@@ -64,7 +74,7 @@ pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
             _ = ctx.stop.changed() => return,
         };
-        let Some((stream, remote)) = accept(&listener, &mut ctx.stop).await else {
+        let Some((stream, remote)) = accept(&listener, ctx.role, &mut ctx.stop).await else {
             return;
         };
         serve_connection(stream, remote, &ctx, permit);
@@ -75,6 +85,7 @@ pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
 /// EMFILE) is logged and retried after a short back-off instead of spinning.
 async fn accept(
     listener: &TcpListener,
+    role: Role,
     stop: &mut watch::Receiver<bool>,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
@@ -88,7 +99,7 @@ async fn accept(
                 return Some((stream, remote));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(listener = role.name(), error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -99,7 +110,7 @@ async fn accept(
 /// idle for longest to make room: a probe must not wait behind sockets that only sit there.
 async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
     loop {
-        let Some((stream, remote)) = accept(&listener, &mut ctx.stop).await else {
+        let Some((stream, remote)) = accept(&listener, ctx.role, &mut ctx.stop).await else {
             return;
         };
         let permit = match ctx.limit.clone().try_acquire_owned() {
