@@ -309,7 +309,7 @@ impl Shared {
         let mut idle = lock(&self.idle);
         while let Some(top) = idle.pop_back() {
             if now.saturating_duration_since(top.since) >= self.idle_timeout {
-                // Every connection below has been idle longer still.
+                // Every connection in front of it has been idle longer still.
                 idle.clear();
                 return None;
             }

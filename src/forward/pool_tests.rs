@@ -96,7 +96,7 @@ impl TestUpstream {
         let st = state.clone();
         let accept = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                st.accepted.fetch_add(1, SeqCst);
+                let conn = st.accepted.fetch_add(1, SeqCst) + 1;
                 let (st, mut close_rx, tls) = (st.clone(), close_rx.clone(), tls.clone());
                 // A close asked for earlier is not for this connection.
                 close_rx.mark_unchanged();
@@ -104,10 +104,10 @@ impl TestUpstream {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(tcp).await {
-                                serve(stream, st.clone(), close_rx).await;
+                                serve(stream, st.clone(), conn, close_rx).await;
                             }
                         }
-                        None => serve(tcp, st.clone(), close_rx).await,
+                        None => serve(tcp, st.clone(), conn, close_rx).await,
                     }
                     st.closed.fetch_add(1, SeqCst);
                 });
@@ -126,12 +126,21 @@ impl TestUpstream {
     }
 }
 
-async fn serve<I>(io: I, state: Arc<State>, mut close: watch::Receiver<bool>)
+/// Serves one connection, the `conn`-th accepted, which every response names in `x-conn`.
+async fn serve<I>(io: I, state: Arc<State>, conn: usize, mut close: watch::Receiver<bool>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let svc = service_fn(move |req| handle(state.clone(), req));
+    let svc = service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            let mut resp = handle(state, req).await?;
+            resp.headers_mut()
+                .insert("x-conn", http::HeaderValue::from(conn));
+            Ok::<_, Infallible>(resp)
+        }
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -451,24 +460,37 @@ async fn past_max_idle_connections_the_least_recently_used_are_closed() {
         get_ok(&up, "/", 2).await;
     }
     assert_eq!(st.count(&st.accepted), 5);
+}
 
-    // The connection that came back last is the one reused first; the oldest goes first.
+#[tokio::test]
+async fn the_connection_that_came_back_last_stays_and_the_older_one_is_closed() {
+    let upstream = TestUpstream::start(None).await;
+    let st = &upstream.state;
     let mut s = upstream.settings(false);
     s.max_idle_connections = 1;
-    let up = Arc::new(Upstream::new(s).unwrap());
-    let first = up.send(request(&up, "/slow")).await.unwrap();
-    get_ok(&up, "/", 1).await;
-    // The body of `/slow` ends: its connection comes back and the older idle one is closed.
+    let up = Upstream::new(s).unwrap();
+    // Which connection answered a GET of `/`, once it is back in the pool.
+    let conn_of_get = async || {
+        let resp = up.send(request(&up, "/")).await.unwrap();
+        let conn = resp.headers()["x-conn"].to_str().unwrap().to_owned();
+        resp.into_body().collect().await.unwrap();
+        eventually("the connection back", || up.pool.idle_open() == 1).await;
+        conn
+    };
+    let slow = up.send(request(&up, "/slow")).await.unwrap();
+    assert_eq!(slow.headers()["x-conn"], "1");
+    // Connection 1 carries the body of `/slow`: this GET needs connection 2, which goes idle.
+    assert_eq!(conn_of_get().await, "2");
+    // The body of `/slow` ends: connection 1 comes back, and the older idle one (2) is closed.
     drop(st.slow_rest.lock().unwrap().take());
-    first.into_body().collect().await.unwrap();
+    slow.into_body().collect().await.unwrap();
     eventually("the older idle connection closed", || {
-        st.count(&st.closed) == 4
+        st.count(&st.closed) == 1
     })
     .await;
-    assert_eq!(up.pool.idle_open(), 1);
-    assert_eq!(st.count(&st.accepted), 7);
-    get_ok(&up, "/", 1).await;
-    assert_eq!(st.count(&st.accepted), 7);
+    assert_eq!(conn_of_get().await, "1");
+    assert_eq!(st.count(&st.accepted), 2);
+    assert_eq!(st.count(&st.closed), 1);
 }
 
 #[test]
