@@ -3,10 +3,9 @@
 //! The first bytes tell HTTP/2 (which starts with a fixed preface) from HTTP/1. tenantgate reads
 //! them itself under `server.header_read_timeout` (a client that connects and sends nothing, or
 //! only part of the preface, must not hold a connection slot forever), replays them to hyper, and
-//! hands the connection to hyper's HTTP/1 or HTTP/2 server directly. After that, HTTP/1
-//! is bounded by hyper's header-read timeout; HTTP/2 has no idle timeout in hyper, so [`drive`]
-//! shuts a connection down gracefully when no request has started on it for
-//! `server.idle_timeout` (streams in progress still finish), or when the server drains.
+//! hands the connection to hyper's HTTP/1 or HTTP/2 server directly. [`crate::drive`] then
+//! bounds how long a connection may sit idle, and [`crate::park`] frees an idle HTTP/1
+//! connection's buffers.
 //!
 //! Once a request is under way: its body must keep coming ([`TimedBody`]: at most
 //! `server.body_read_timeout` between two pieces and, after a grace period, at least
@@ -16,22 +15,18 @@
 //! read that streams slowly but steadily is never cut: both bound stalls, not durations.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
-use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, watch};
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Milliseconds on a monotonic clock shared by the process, for activity stamps in atomics.
-/// Never 0, which [`drive`] reads as "no request yet".
+/// Never 0, which [`crate::drive::drive`] reads as "no request yet".
 pub fn mono_ms() -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
@@ -80,6 +75,12 @@ impl<S> Replay<S> {
             inner,
         }
     }
+
+    /// The stream back, once the prefix has been read (an HTTP/1 connection being parked:
+    /// hyper has read the prefix before it can go idle).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead> AsyncRead for Replay<S> {
@@ -98,6 +99,11 @@ impl<S: AsyncRead> AsyncRead for Replay<S> {
         let n = this.prefix.len().min(buf.remaining());
         buf.put_slice(&this.prefix[..n]);
         this.prefix.advance(n);
+        if this.prefix.is_empty() {
+            // An empty view still holds its allocation (hyper's whole read buffer, for a
+            // connection resumed after parking): let it go.
+            *this.prefix = Bytes::new();
+        }
         // The rest of what already arrived joins the prefix in the same read. Handed the prefix
         // alone, hyper would find a partial head in its 8 KiB read buffer and reserve 8 KiB more
         // for the next read, doubling the buffer every connection keeps for its whole life.
@@ -323,6 +329,12 @@ impl<S> WriteDeadline<S> {
     }
 }
 
+impl<S: crate::park::ReadReady> crate::park::ReadReady for WriteDeadline<S> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.poll_read_ready(cx)
+    }
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for WriteDeadline<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -364,63 +376,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.watch(cx, polled)
-    }
-}
-
-/// Runs a connection to its end: shuts it down gracefully (in-flight requests finish) when the
-/// server drains, when no first request arrives within `limits.header_read` (an HTTP/2 client that sent its
-/// preface and then nothing), or when no request has started for `limits.idle` after that.
-/// `activity` holds the [`mono_ms`] stamp of the last request start, 0 before the first.
-/// `close` asks this one connection to close the same way ([`crate::conns`]).
-///
-/// The connection is pinned by the caller: taken by value, it would be stored twice in this
-/// future (as the argument and as the pinned local), and this future is most of what every
-/// open connection costs.
-pub async fn drive<C: GracefulConnection>(
-    mut conn: Pin<&mut C>,
-    mut stop: watch::Receiver<bool>,
-    limits: Limits,
-    activity: Arc<AtomicU64>,
-    close: &Notify,
-) -> Result<(), C::Error> {
-    let (first, idle) = (limits.header_read, limits.idle);
-    let opened = mono_ms();
-    let mut closing = false;
-    if *stop.borrow() {
-        conn.as_mut().graceful_shutdown();
-        closing = true;
-    }
-    let (first_ms, idle_ms) = (first.as_millis() as u64, idle.as_millis() as u64);
-    let mut tick = tokio::time::interval((first.min(idle) / 4).max(Duration::from_millis(100)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => return result,
-            _ = stop.changed(), if !closing => {
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = close.notified(), if !closing => {
-                if activity.load(Ordering::Relaxed) == 0 {
-                    // Nothing was ever asked on it: nothing to finish.
-                    return Ok(());
-                }
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
-            _ = tick.tick(), if !closing => {
-                let last = activity.load(Ordering::Relaxed);
-                if last == 0 && mono_ms().saturating_sub(opened) >= first_ms {
-                    // No request ever started, so nothing is in flight: drop the connection. A
-                    // graceful shutdown would wait for an HTTP/2 handshake that never comes.
-                    return Ok(());
-                }
-                if last != 0 && mono_ms().saturating_sub(last) >= idle_ms {
-                    conn.as_mut().graceful_shutdown();
-                    closing = true;
-                }
-            }
-        }
     }
 }
 

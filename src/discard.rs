@@ -292,6 +292,17 @@ async fn linger<S: AsyncRead + Unpin>(mut stream: S) {
     }
 }
 
+impl<S: AsyncRead + crate::park::ReadReady + Unpin + Send + 'static> crate::park::ReadReady
+    for Lingering<S>
+{
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match &self.inner {
+            Some(s) => s.poll_read_ready(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 impl<S: AsyncRead + Unpin + Send + 'static> AsyncRead for Lingering<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,

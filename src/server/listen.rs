@@ -1,5 +1,6 @@
 //! Accepting connections and serving each one: the TLS handshake, protocol detection, then
-//! HTTP/1 or HTTP/2 until [`conn::drive`] ends it.
+//! HTTP/1 or HTTP/2 until [`drive::drive`] ends it (the data listener's HTTP/1 through
+//! [`parked`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,10 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
-use super::{State, admin};
+use super::{State, admin, parked};
 use crate::app::{App, ConnInfo};
 use crate::conn;
 use crate::conns::{Chain, Registration};
+use crate::drive;
+use crate::park::{Crowd, Parking, ReadReady, Tracked};
 use crate::tls::PeerNames;
 
 /// hyper's servers for the two protocols, set up once from the config.
@@ -32,6 +35,8 @@ pub(super) struct Listener {
     pub(super) limit: Arc<Semaphore>,
     pub(super) stop: watch::Receiver<bool>,
     pub(super) limits: conn::Limits,
+    /// How many connections the listener has open, for parking ([`crate::park`]).
+    pub(super) crowd: Arc<Crowd>,
 }
 
 /// How long a request body may arrive before `server.body_min_rate` applies: a client's first
@@ -144,12 +149,13 @@ fn serve_connection(
         Role::Data => ctx.state.app.runtime().config.server.tls.clone(),
         Role::Admin => None,
     };
-    let (role, state, builder, stop, limits) = (
+    let (role, state, builder, stop, limits, crowd) = (
         ctx.role,
         ctx.state.clone(),
         ctx.builder.clone(),
         ctx.stop.clone(),
         ctx.limits,
+        ctx.crowd.clone(),
     );
     let activity = Arc::new(AtomicU64::new(0));
     // Admin connections are all in their registry; a data connection joins its registry only
@@ -162,7 +168,7 @@ fn serve_connection(
         let result = match tls {
             None => {
                 let conn = Conn::new(remote, None, role, activity, registration.as_ref());
-                serve_stream(stream, conn, &state, &builder, stop, limits).await
+                serve_stream(stream, conn, &state, &builder, stop, limits, &crowd).await
             }
             // Boxed: the handshake and the TLS session are kilobytes a plain connection's task
             // need not be sized for. `None` when the connection ended before being served.
@@ -180,7 +186,7 @@ fn serve_connection(
                     registration = Some(r);
                 }
                 let conn = Conn::new(remote, Some(peer), role, activity, registration.as_ref());
-                Some(serve_stream(stream, conn, &state, &builder, stop, limits).await)
+                Some(serve_stream(stream, conn, &state, &builder, stop, limits, &crowd).await)
             })
             .await
             {
@@ -266,7 +272,8 @@ async fn handshake(
 }
 
 /// Serves one connection, plain or TLS alike: protocol detection under the header-read
-/// deadline, then HTTP/1 or HTTP/2 until [`conn::drive`] ends it.
+/// deadline, then HTTP/1 or HTTP/2 until [`drive::drive`] ends it (the data listener's
+/// HTTP/1 through [`parked`]).
 async fn serve_stream<S>(
     mut stream: S,
     conn: Conn,
@@ -274,9 +281,10 @@ async fn serve_stream<S>(
     builder: &Protocols,
     stop: watch::Receiver<bool>,
     limits: conn::Limits,
+    crowd: &Crowd,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let Conn {
         info,
@@ -294,37 +302,58 @@ where
     };
     let h2 = prefix.as_ref() == conn::H2_PREFACE;
     // Lingering: the client reads our last answer even if it is still sending when we close.
-    let io = TokioIo::new(conn::Replay::new(
-        prefix,
-        crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send)),
-    ));
+    let stream = crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send));
+    let data = |parking: Option<Arc<Parking>>| {
+        DataService::new(
+            state.app.clone(),
+            info,
+            limits.body,
+            activity.clone(),
+            parking,
+        )
+    };
+    if let (Role::Data, false) = (role, h2) {
+        // Nearly every connection: driven inline, and parked when idle on a crowded listener.
+        let parking = Parking::new();
+        let service = data(Some(parking.clone()));
+        let cx = parked::Serving {
+            h1: &builder.h1,
+            stop,
+            limits,
+            activity: &activity,
+            close: &close,
+            crowd,
+        };
+        return parked::serve(prefix, stream, service, parking, cx).await;
+    }
+    let io = TokioIo::new(conn::Replay::new(prefix, stream));
+    let mut stop = stop;
+    let mut tick = drive::ticker(&limits);
     macro_rules! drive {
         ($conn:expr) => {
             async {
                 let conn = std::pin::pin!($conn);
-                conn::drive(conn, stop, limits, activity, &close).await
+                let watch = drive::Watch {
+                    stop: &mut stop,
+                    limits,
+                    activity: &activity,
+                    close: &close,
+                    tick: &mut tick,
+                    parking: None,
+                };
+                drive::drive(conn, watch).await.map(|_| ())
             }
         };
     }
-    // One arm per protocol and role: each connection type is its own future type. Only HTTP/1 on
-    // the data listener (nearly every connection) is driven inline; the others are boxed, so
+    // One arm per protocol and role: each connection type is its own future type, boxed so
     // that their larger futures (an HTTP/2 connection's state is several KiB) do not size the
     // task of every connection.
-    let data = |activity: &Arc<AtomicU64>| DataService {
-        app: state.app.clone(),
-        info: Arc::new(info),
-        body_pace: limits.body,
-        activity: activity.clone(),
-    };
     let admin = |activity: &Arc<AtomicU64>| admin::AdminService {
         state: state.clone(),
         activity: activity.clone(),
     };
     let result = match (role, h2) {
-        (Role::Data, false) => drive!(builder.h1.serve_connection(io, data(&activity))).await,
-        (Role::Data, true) => {
-            Box::pin(drive!(builder.h2.serve_connection(io, data(&activity)))).await
-        }
+        (Role::Data, _) => Box::pin(drive!(builder.h2.serve_connection(io, data(None)))).await,
         (Role::Admin, false) => {
             Box::pin(drive!(builder.h1.serve_connection(io, admin(&activity)))).await
         }
@@ -338,22 +367,43 @@ where
 /// The data listener's service for one connection: every request carries the connection's
 /// [`ConnInfo`] (peer address, TLS, client certificate names).
 #[derive(Clone)]
-struct DataService {
+pub(super) struct DataService {
     app: App,
     info: Arc<ConnInfo>,
     body_pace: conn::BodyPace,
     /// When the last request on this connection started ([`conn::mono_ms`]).
     activity: Arc<AtomicU64>,
+    /// For an HTTP/1 connection, parked when idle: its responses count requests out.
+    parking: Option<Arc<Parking>>,
+}
+
+impl DataService {
+    pub(super) fn new(
+        app: App,
+        info: ConnInfo,
+        body_pace: conn::BodyPace,
+        activity: Arc<AtomicU64>,
+        parking: Option<Arc<Parking>>,
+    ) -> Self {
+        DataService {
+            app,
+            info: Arc::new(info),
+            body_pace,
+            activity,
+            parking,
+        }
+    }
 }
 
 impl hyper::service::Service<Request<Incoming>> for DataService {
-    type Response = Response<crate::app::ResponseBody>;
+    type Response = Response<Tracked<crate::app::ResponseBody>>;
     type Error = std::convert::Infallible;
     type Future =
         std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.store(conn::mono_ms(), Ordering::Relaxed);
+        let in_flight = self.parking.as_ref().map(Parking::request_started);
         // A body dropped unread by an early answer goes on being discarded, so that the client
         // gets the answer (see `discard`).
         let (parts, body) = req.into_parts();
@@ -378,7 +428,7 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
             if let Some(hold) = hold {
                 hold.wait().await;
             }
-            Ok(resp)
+            Ok(resp.map(|body| Tracked::new(body, in_flight)))
         })
     }
 }

@@ -7,6 +7,7 @@
 
 mod admin;
 mod listen;
+mod parked;
 
 use listen::{
     ADMIN_MAX_CONNECTIONS, BODY_RATE_GRACE, HYPER_DEFAULT_MAX_HEADERS, Listener, Protocols, Role,
@@ -220,6 +221,11 @@ impl Server {
             tracing::info!(listener = "admin", addr = %addr, "listening");
         }
         let mut accept_tasks = Vec::new();
+        let crowd = Arc::new(crate::park::Crowd::new(
+            limit.clone(),
+            self.max_connections,
+            crate::park::PARK_ABOVE,
+        ));
         for l in self.data {
             let ctx = Listener {
                 role: Role::Data,
@@ -228,6 +234,7 @@ impl Server {
                 limit: limit.clone(),
                 stop: stop_rx.clone(),
                 limits,
+                crowd: crowd.clone(),
             };
             accept_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
@@ -240,6 +247,7 @@ impl Server {
                 limit: admin_limit.clone(),
                 stop: admin_stop_rx.clone(),
                 limits,
+                crowd: crowd.clone(),
             };
             admin_tasks.push(tokio::spawn(accept_loop(l, ctx)));
         }
