@@ -23,6 +23,10 @@ use crate::park::{Crowd, Parking};
 pub trait Served: Future<Output = Result<(), Self::Error>> {
     type Error;
     fn graceful_shutdown(self: Pin<&mut Self>);
+
+    /// Asks an idle connection to end without shutting its socket down, for it to be parked;
+    /// `false` takes that back (the connection then ends as any other).
+    fn park(self: Pin<&mut Self>, _park: bool) {}
 }
 
 impl<I, B, S> Served for hyper::server::conn::http1::Connection<I, S>
@@ -108,7 +112,6 @@ pub async fn drive<C: Served>(mut conn: Pin<&mut C>, w: Watch<'_>) -> Result<End
     } = w;
     let opened = mono_ms();
     let mut closing = false;
-    let mut parking_now = false;
     if *stop.borrow() {
         conn.as_mut().graceful_shutdown();
         closing = true;
@@ -120,7 +123,7 @@ pub async fn drive<C: Served>(mut conn: Pin<&mut C>, w: Watch<'_>) -> Result<End
             // The connection first: the parking branch reads what its reads just reported.
             biased;
             result = conn.as_mut() => {
-                return result.map(|()| if parking_now && !closing { Ended::Parked } else { Ended::Closed });
+                return result.map(|()| Ended::Closed);
             }
             _ = stop.changed(), if !closing => {
                 conn.as_mut().graceful_shutdown();
@@ -137,11 +140,21 @@ pub async fn drive<C: Served>(mut conn: Pin<&mut C>, w: Watch<'_>) -> Result<End
             // hyper is idle between requests: asked to stop now, it closes at once, keeping
             // the socket open (the parked connection's future does not shut it down).
             _ = std::future::poll_fn(|_| match parking {
-                Some((p, crowd)) if p.take_idle() && crowd.crowded() => Poll::Ready(()),
+                Some((p, crowd)) if crowd.crowded() && p.take_idle() => Poll::Ready(()),
                 _ => Poll::Pending,
-            }), if !closing && !parking_now && parking.is_some() => {
+            }), if !closing && parking.is_some() => {
+                conn.as_mut().park(true);
                 conn.as_mut().graceful_shutdown();
-                parking_now = true;
+                // Idle, hyper closes at once, within this poll. If it does not, it was not
+                // idle after all (mid-message): it finishes and ends as any connection does,
+                // never parked.
+                match std::future::poll_fn(|cx| Poll::Ready(conn.as_mut().poll(cx))).await {
+                    Poll::Ready(result) => return result.map(|()| Ended::Parked),
+                    Poll::Pending => {
+                        conn.as_mut().park(false);
+                        closing = true;
+                    }
+                }
             }
             _ = tick.tick(), if !closing => {
                 let last = activity.load(Ordering::Relaxed);

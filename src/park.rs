@@ -83,13 +83,16 @@ impl<S: ReadReady> ReadReady for tokio_rustls::server::TlsStream<S> {
 /// What one HTTP/1 connection's pieces tell each other about when it may be parked.
 #[derive(Debug, Default)]
 pub struct Parking {
-    /// Requests whose response hyper has not yet dropped.
+    /// Request bodies and responses hyper has not yet let go of (two per request).
     in_flight: AtomicU32,
-    /// Bytes arrived since the last response ended (a next request on its way).
+    /// Bytes arrived since the last request and response ended (a next request on its way).
     read_since_idle: AtomicBool,
     /// hyper's last write found the client not reading: a response is not fully out.
     write_stalled: AtomicBool,
-    /// hyper waits for a request head with nothing read: park now.
+    /// A request body was dropped before its end (an early answer, a discard cut short):
+    /// hyper is mid-message, draining or closing, until the next request head.
+    cut: AtomicBool,
+    /// hyper waited for a request head with nothing read.
     idle: AtomicBool,
 }
 
@@ -98,10 +101,20 @@ impl Parking {
         Arc::default()
     }
 
-    /// A request head was read; returns what its response must hold until dropped.
-    pub fn request_started(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Relaxed);
-        InFlight(self.clone())
+    /// A request head was read; returns what its body and its response must hold until
+    /// they are dropped.
+    pub fn request_started(self: &Arc<Self>) -> (InFlight, InFlight) {
+        self.in_flight.fetch_add(2, Relaxed);
+        self.cut.store(false, Relaxed);
+        let body = InFlight {
+            parking: self.clone(),
+            ended: false,
+        };
+        let response = InFlight {
+            parking: self.clone(),
+            ended: true,
+        };
+        (body, response)
     }
 
     /// A new hyper connection starts on this one, with `prefix` already read: bytes of a
@@ -111,9 +124,14 @@ impl Parking {
         self.idle.store(false, Relaxed);
     }
 
-    /// Whether hyper is idle with everything written: reading it clears it.
+    /// Whether hyper waits for a next request with both directions of the last one done and
+    /// everything written. Reading it clears it: the next wait sets it again.
     pub fn take_idle(&self) -> bool {
-        self.idle.swap(false, Relaxed) && !self.write_stalled.load(Relaxed)
+        self.idle.swap(false, Relaxed)
+            && self.quiet()
+            && !self.read_since_idle.load(Relaxed)
+            && !self.write_stalled.load(Relaxed)
+            && !self.cut.load(Relaxed)
     }
 
     fn quiet(&self) -> bool {
@@ -121,20 +139,29 @@ impl Parking {
     }
 }
 
-/// Held by a response until hyper drops it, which it does once the body has ended.
+/// Held by a request body or a response until dropped.
 #[derive(Debug)]
-pub struct InFlight(Arc<Parking>);
+pub struct InFlight {
+    parking: Arc<Parking>,
+    /// For a request body: whether it was read to its end.
+    ended: bool,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.0.read_since_idle.store(false, Relaxed);
+        let p = &self.parking;
+        if !self.ended {
+            p.cut.store(true, Relaxed);
+        }
+        if p.in_flight.fetch_sub(1, Relaxed) == 1 {
+            p.read_since_idle.store(false, Relaxed);
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that holds its request [`InFlight`] until dropped.
+    /// A request body or a response body that holds its [`InFlight`] until dropped, and for a
+    /// request body notes that it was read to its end.
     pub struct Tracked<B> {
         #[pin]
         inner: B,
@@ -142,8 +169,13 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> Tracked<B> {
-    pub fn new(inner: B, in_flight: Option<InFlight>) -> Self {
+impl<B: Body> Tracked<B> {
+    pub fn new(inner: B, mut in_flight: Option<InFlight>) -> Self {
+        if inner.is_end_stream()
+            && let Some(f) = in_flight.as_mut()
+        {
+            f.ended = true;
+        }
         Tracked { inner, in_flight }
     }
 }
@@ -156,7 +188,18 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        if let Some(f) = this.in_flight.as_mut()
+            && !f.ended
+        {
+            f.ended = match &polled {
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+                _ => false,
+            };
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -272,12 +315,18 @@ mod tests {
         assert!(!parking.take_idle(), "bytes of a request were already read");
 
         // A request in progress: a read that finds nothing (its body) is not idle.
-        let request = parking.request_started();
+        let (body, response) = parking.request_started();
         poll_once(&mut io, &mut buf);
         assert!(!parking.take_idle(), "a request is in flight");
 
-        // The response is dropped: the next read that finds nothing is idle, once.
-        drop(request);
+        // Its body is read to the end and dropped, and so is the response: the next read
+        // that finds nothing is idle, once.
+        let mut body = Tracked::new(http_body_util::Empty::<Bytes>::new(), Some(body));
+        assert!(Pin::new(&mut body).is_end_stream());
+        drop(body);
+        poll_once(&mut io, &mut buf);
+        assert!(!parking.take_idle(), "the response is still in flight");
+        drop(response);
         poll_once(&mut io, &mut buf);
         assert!(parking.take_idle());
         assert!(!parking.take_idle(), "reading the flag clears it");
@@ -288,6 +337,34 @@ mod tests {
         assert_eq!(n, 2);
         poll_once(&mut io, &mut buf);
         assert!(!parking.take_idle(), "half a request head is not idle");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_dropped_before_its_end_keeps_the_connection_busy() {
+        // An early answer: hyper is mid-message (draining or closing) until a next head.
+        let parking = Parking::new();
+        let (_client, server) = tokio::io::duplex(64);
+        let mut io = Watched::new(server, parking.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let (body, response) = parking.request_started();
+        drop(Tracked::new(crate::body::ChannelBody(rx), Some(body)));
+        drop(response);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut buf = [0u8; 8];
+        let _ = Pin::new(&mut io).poll_read(&mut cx, &mut ReadBuf::new(&mut buf));
+        assert!(!parking.take_idle(), "parked mid-message");
+        drop(tx);
+
+        // The next request clears it.
+        let (body, response) = parking.request_started();
+        drop(Tracked::new(
+            http_body_util::Empty::<Bytes>::new(),
+            Some(body),
+        ));
+        drop(response);
+        let _ = Pin::new(&mut io).poll_read(&mut cx, &mut ReadBuf::new(&mut buf));
+        assert!(parking.take_idle());
     }
 
     #[tokio::test]

@@ -240,3 +240,51 @@ async fn parked_tls_connections_serve_request_after_request() {
     assert_eq!(up.requests().len(), 6);
     drop(held);
 }
+
+/// A request body tenantgate stopped reading (an early answer) is never taken for requests:
+/// what the client sends after must not reach the upstream, parked or not.
+async fn nothing_smuggled(gate: &Gate, up: &Upstream, expect_continue: bool, pause: Duration) {
+    let smuggled = b"GET /prometheus/smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+    let len = 2048;
+    let mut s = TcpStream::connect(gate.addr).await.unwrap();
+    let expect = if expect_continue {
+        "Expect: 100-continue\r\n"
+    } else {
+        ""
+    };
+    let head = format!("POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n{expect}\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    if !expect_continue {
+        s.write_all(&[b'x'; 100]).await.unwrap();
+    }
+    let answer = response(&mut s, &mut Vec::new()).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    tokio::time::sleep(pause).await;
+    let mut rest = smuggled.to_vec();
+    rest.resize(len - if expect_continue { 0 } else { 100 }, b'\n');
+    // The connection may be closed by now: a failed write is as good as an ignored one.
+    let _ = s.write_all(&rest).await;
+    let mut after = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut after)).await;
+    assert!(
+        up.requests().iter().all(|r| !r.uri.contains("smuggled")),
+        "a request body was served as a request"
+    );
+    assert!(
+        !String::from_utf8_lossy(&after).contains("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&after)
+    );
+}
+
+#[tokio::test]
+async fn a_body_left_unread_after_an_early_answer_is_never_served_as_requests() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(SIDECAR, &up.url()).await;
+    let _held = crowd(&gate).await;
+    // Never asked for (100-continue not sent), then sent anyway.
+    nothing_smuggled(&gate, &up, true, Duration::from_millis(200)).await;
+    // Part sent, then a silence longer than the discard's idle limit cuts the discard.
+    let past_idle = tenantgate::discard::IDLE + Duration::from_secs(1);
+    nothing_smuggled(&gate, &up, false, past_idle).await;
+}

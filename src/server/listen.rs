@@ -403,11 +403,17 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
         self.activity.store(conn::mono_ms(), Ordering::Relaxed);
-        let in_flight = self.parking.as_ref().map(Parking::request_started);
+        let (body_in_flight, in_flight) = match &self.parking {
+            Some(p) => {
+                let (body, response) = p.request_started();
+                (Some(body), Some(response))
+            }
+            None => (None, None),
+        };
         // A body dropped unread by an early answer goes on being discarded, so that the client
         // gets the answer (see `discard`).
         let (parts, body) = req.into_parts();
-        let body = conn::TimedBody::new(body, self.body_pace);
+        let body = Tracked::new(conn::TimedBody::new(body, self.body_pace), body_in_flight);
         let (body, hold) = if parts.version == http::Version::HTTP_2 {
             crate::discard::RequestBody::held(body)
         } else {

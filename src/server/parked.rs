@@ -28,17 +28,23 @@ use crate::park::{Crowd, Parking, ReadReady, Watched};
 
 type Io<S> = TokioIo<Replay<Watched<S>>>;
 
-/// hyper's HTTP/1 connection, run without shutting the socket down when it ends, so that an
-/// idle one can be taken back ([`http1::Connection::into_parts`]).
-struct KeepIo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
-    http1::Connection<Io<S>, DataService>,
-);
+/// hyper's HTTP/1 connection that can end without shutting its socket down when asked to park
+/// ([`Served::park`]), so that the socket can be taken back ([`http1::Connection::into_parts`]).
+/// Otherwise it ends as hyper's own future does: what is buffered flushed, the socket shut.
+struct KeepIo<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    conn: http1::Connection<Io<S>, DataService>,
+    park: bool,
+}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for KeepIo<S> {
     type Output = hyper::Result<()>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.0.poll_without_shutdown(cx)
+        if self.park {
+            self.conn.poll_without_shutdown(cx)
+        } else {
+            Pin::new(&mut self.conn).poll(cx)
+        }
     }
 }
 
@@ -46,7 +52,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Served for KeepIo<S> {
     type Error = hyper::Error;
 
     fn graceful_shutdown(mut self: Pin<&mut Self>) {
-        Pin::new(&mut self.0).graceful_shutdown();
+        Pin::new(&mut self.conn).graceful_shutdown();
+    }
+
+    fn park(mut self: Pin<&mut Self>, park: bool) {
+        self.park = park;
     }
 }
 
@@ -81,9 +91,15 @@ where
     } = cx;
     let mut tick = drive::ticker(&limits);
     let mut io = Watched::new(stream, parking.clone());
+    // When the connection last went idle, and the request it followed: a wake-up that brings
+    // no request (part of a TLS record) parks it again on the same clock.
+    let mut idle_since: Option<(u64, u64)> = None;
     loop {
         parking.resume(&prefix);
-        let mut conn = KeepIo(h1.serve_connection(TokioIo::new(Replay::new(prefix, io)), service));
+        let mut conn = KeepIo {
+            conn: h1.serve_connection(TokioIo::new(Replay::new(prefix, io)), service),
+            park: false,
+        };
         let ended = drive::drive(
             Pin::new(&mut conn),
             Watch {
@@ -96,13 +112,13 @@ where
             },
         )
         .await?;
-        let parts = conn.0.into_parts();
+        if ended == Ended::Closed {
+            // hyper flushed and shut the socket down, as it ends any connection.
+            return Ok(());
+        }
+        let parts = conn.conn.into_parts();
         io = parts.io.into_inner().into_inner();
         service = parts.service;
-        if ended == Ended::Closed {
-            // What hyper does at the end of a connection it ran with shutdown.
-            return Ok(io.shutdown().await?);
-        }
         // hyper read part of a next request before going idle: it goes on from there.
         if !parts.read_buf.is_empty() {
             prefix = parts.read_buf;
@@ -111,17 +127,25 @@ where
         // Even empty, hyper's read buffer keeps its 8 KiB: drop it, not keep it parked.
         drop(parts.read_buf);
         prefix = Bytes::new();
-        if !wait_parked(&io, &mut stop, &limits, activity, close, &mut tick).await? {
+        let last = activity.load(Ordering::Relaxed);
+        let since = match idle_since {
+            Some((request, since)) if request == last => since,
+            _ => conn::mono_ms(),
+        };
+        idle_since = Some((last, since));
+        if !wait_parked(&io, since, &mut stop, &limits, activity, close, &mut tick).await? {
+            // What hyper does when it closes an idle connection.
             return Ok(io.shutdown().await?);
         }
     }
 }
 
 /// Waits, holding no buffer, until the client sends something (`true`) or the connection is
-/// to close (`false`): silent for `header_read` since now or for `idle` since its last request
-/// began, the server draining, or a close asked.
+/// to close (`false`): silent for `header_read` since `since` (when it went idle) or for `idle`
+/// since its last request began, the server draining, or a close asked.
 async fn wait_parked<S: ReadReady>(
     io: &S,
+    since: u64,
     stop: &mut watch::Receiver<bool>,
     limits: &Limits,
     activity: &AtomicU64,
@@ -131,7 +155,6 @@ async fn wait_parked<S: ReadReady>(
     if *stop.borrow() {
         return Ok(false);
     }
-    let since = conn::mono_ms();
     let header_ms = limits.header_read.as_millis() as u64;
     let idle_ms = limits.idle.as_millis() as u64;
     let mut readable = std::future::poll_fn(|cx| io.poll_read_ready(cx));
