@@ -79,8 +79,10 @@ def oha_latency(url, seconds, rate, headers):
     return {"p50": p["p50"] * 1000, "p99": p["p99"] * 1000, "p99.9": p["p99.9"] * 1000}
 
 
-def hold_connections(port, n, seconds, headers=()):
-    """Opens n keep-alive connections that each send one request and then stay idle."""
+def hold_connections(port, n, seconds, headers=(), one_by_one=False):
+    """Opens n keep-alive connections that each send one request and then stay idle: all
+    requests sent before any answer is read (a burst), or with `one_by_one` each answered
+    before the next connection opens (idle connections alone, without the burst)."""
     socks = []
     extra = "".join(f"{h}\r\n" for h in headers)
     req = f"GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
@@ -89,7 +91,10 @@ def hold_connections(port, n, seconds, headers=()):
             s = socket.create_connection(("127.0.0.1", port))
             socks.append(s)
             s.sendall(req)
-        for s in socks:
+            if one_by_one:
+                s.settimeout(5)
+                s.recv(4096)
+        for s in socks if not one_by_one else ():
             s.settimeout(5)
             s.recv(4096)
         time.sleep(seconds)

@@ -220,7 +220,7 @@ class Setup:
     start: object  # ctx -> Running
 
 
-FULL = ("get", "emu", "post", "latency", "stream", "conns")
+FULL = ("get", "emu", "post", "latency", "stream", "conns_seq", "conns")
 
 SETUPS = [
     Setup("seed", "seed: two NGINX layers", FULL, _seed),
