@@ -7,14 +7,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const ASK: &[u8] = b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\n\r\n";
 
 /// Reads one whole response (it has a `content-length`) from `s`, `pending` holding what
 /// was read past the previous one; returns its head.
-async fn response(s: &mut TcpStream, pending: &mut Vec<u8>) -> String {
+async fn response<S: AsyncRead + Unpin>(s: &mut S, pending: &mut Vec<u8>) -> String {
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&pending[..end]).to_string();
@@ -184,7 +184,6 @@ async fn a_drain_closes_parked_connections_at_once() {
 
 #[tokio::test]
 async fn parked_tls_connections_serve_request_after_request() {
-    use std::sync::Arc;
     let pki = common::pki::Pki::new("parking-tls");
     let (cert, key) = pki.issue("server", "tenantgate", &["localhost"], true, false);
     let up = Upstream::start().await;
@@ -200,43 +199,18 @@ async fn parked_tls_connections_serve_request_after_request() {
         held.push(TcpStream::connect(gate.addr).await.unwrap());
     }
 
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tenantgate::tls::load_certs(&pki.ca_file()).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tenantgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(gate.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = connector.connect(name, tcp).await.expect("TLS handshake");
+    let mut s = common::pki::tls_connect(gate.addr, &pki.ca_file()).await;
     let mut pending = Vec::new();
-    let mut answers = 0;
     // Requests with pauses (parked each time), then two pipelined in one write.
-    let mut asks: Vec<Vec<u8>> = (0..4).map(|_| ASK.to_vec()).collect();
-    asks.push(ASK.repeat(2));
-    for ask in asks {
-        s.write_all(&ask).await.unwrap();
-        let want = ask.len() / ASK.len();
-        while answers < want {
-            let mut buf = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
-                .await
-                .expect("an answer within 10 s")
-                .unwrap();
-            assert!(n > 0, "closed before the answer");
-            pending.extend_from_slice(&buf[..n]);
-            answers = String::from_utf8_lossy(&pending)
-                .matches("HTTP/1.1 200")
-                .count();
+    for pipelined in [1, 1, 1, 1, 2] {
+        s.write_all(&ASK.repeat(pipelined)).await.unwrap();
+        for _ in 0..pipelined {
+            let head = response(&mut s, &mut pending).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         }
-        pending.clear();
-        answers = 0;
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    assert!(pending.is_empty(), "more than asked for: {pending:?}");
     assert_eq!(up.requests().len(), 6);
     drop(held);
 }

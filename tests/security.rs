@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::pki::Pki;
@@ -408,24 +407,7 @@ async fn too_many_or_too_large_headers_get_431() {
 
 /// The certificate a fresh TLS connection to tenantgate is served.
 async fn served_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tenantgate::tls::load_certs(ca).unwrap() {
-        roots.add(c).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(tenantgate::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(
-            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
-            tcp,
-        )
-        .await
-        .expect("TLS handshake");
+    let tls = common::pki::tls_connect(addr, ca).await;
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }
 
