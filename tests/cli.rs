@@ -496,3 +496,122 @@ fn a_refused_identity_is_named_in_the_access_log() {
     assert_eq!(v["status"], 403, "{v}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One logfmt line's `key=value` pairs, quoted values unescaped (`\"`, `\\`, `\n`).
+fn logfmt_pairs(line: &str) -> std::collections::HashMap<String, String> {
+    let mut pairs = std::collections::HashMap::new();
+    let mut rest = line.trim_end();
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim_start().to_owned();
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut value = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = quoted.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => value.push('\n'),
+                        Some((_, c)) => value.push(c),
+                        None => break,
+                    },
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            (value, &quoted[end..])
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        pairs.insert(key, value);
+        rest = next;
+    }
+    pairs
+}
+
+#[test]
+fn the_default_logfmt_access_lines_name_every_field() {
+    // The default format is logfmt, where tenantgate writes access lines itself (not through
+    // tracing): they must carry the fields the JSON lines carry, at the same levels.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut child = Child(
+        Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(["--upstream", &format!("http://{closed}")])
+            .env_remove("TENANTGATE_CONFIG")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn tenantgate"),
+    );
+    let mut lines = BufReader::new(child.0.stderr.take().expect("stderr")).lines();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = None;
+    while addr.is_none() && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        let pairs = logfmt_pairs(&line);
+        if pairs.get("msg").map(String::as_str) == Some("listening")
+            && pairs.get("listener").map(String::as_str) == Some("data")
+        {
+            addr = pairs.get("addr").cloned();
+        }
+    }
+    let addr = addr.expect("a logfmt listening line naming the data address");
+    let resp = exchange(
+        &addr,
+        "GET /prometheus/api/v1/status/buildinfo?secret=s3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let resp = exchange(
+        &addr,
+        "GET /api/v1/labels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    let mut access = Vec::new();
+    while access.len() < 2 && Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if logfmt_pairs(&line).get("msg").map(String::as_str) == Some("request") {
+            access.push(line);
+        }
+    }
+    assert_eq!(access.len(), 2, "two access lines: {access:?}");
+    let expected = [
+        ("info", "/prometheus/api/v1/status/buildinfo", "200", "none"),
+        ("warn", "/api/v1/labels", "502", "mimir"),
+    ];
+    for (line, (level, path, status, upstream)) in access.iter().zip(expected) {
+        assert!(line.starts_with("ts=20"), "{line}");
+        assert!(
+            !line.contains("s3"),
+            "the query string is never logged: {line}"
+        );
+        let p = logfmt_pairs(line);
+        assert_eq!(p["level"], level, "{line}");
+        assert_eq!(p["path"], path, "{line}");
+        assert_eq!(p["status"], status, "{line}");
+        assert_eq!(p["method"], "GET", "{line}");
+        assert!(p["client"].starts_with("127.0.0.1:"), "{line}");
+        assert!(p["duration_ms"].parse::<f64>().is_ok(), "{line}");
+        for key in [
+            "route",
+            "tenant",
+            "tenant_from",
+            "identity",
+            "bytes_in",
+            "bytes_out",
+            "error",
+        ] {
+            assert!(p.contains_key(key), "{key} missing: {line}");
+        }
+        if status == "502" {
+            assert_eq!(p["upstream"], upstream, "{line}");
+            assert!(!p["error"].is_empty(), "{line}");
+        }
+    }
+}

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use http_body::{Body, Frame, SizeHint};
 
+use super::access::AccessLine;
 use super::handles::RouteHandles;
 use super::metrics::{Metrics, RequestLabels, RouteLabels, RouteTenantLabels, method_label};
 use crate::body::{BoxError, IdleTimeout};
@@ -172,34 +173,22 @@ impl Drop for Exchange {
             }
         }
         if self.access_log {
-            // Answers tenantgate or its upstream failed are warnings; the rest is info.
-            macro_rules! access_line {
-                ($level:ident) => {
-                    tracing::$level!(
-                        target: "tenantgate::access",
-                        client = self.client.as_deref().unwrap_or(NONE),
-                        route = self.route().map_or(NONE, |r| &**r),
-                        tenant = &*tenant,
-                        tenant_from = self.tenant_origin.unwrap_or(NONE),
-                        identity = self.identity.as_deref().unwrap_or(""),
-                        upstream = self.upstream.as_deref().unwrap_or(NONE),
-                        method = self.method.as_str(),
-                        path = self.logged_path(),
-                        status = self.status,
-                        // A number (milliseconds, microsecond precision), in JSON too.
-                        duration_ms = (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-                        bytes_in,
-                        bytes_out = self.bytes_out,
-                        error = self.error.as_deref().unwrap_or(""),
-                        "request"
-                    )
-                };
+            AccessLine {
+                client: self.client.as_deref().unwrap_or(NONE),
+                route: self.route().map_or(NONE, |r| &**r),
+                tenant: &tenant,
+                tenant_from: self.tenant_origin.unwrap_or(NONE),
+                identity: self.identity.as_deref().unwrap_or(""),
+                upstream: self.upstream.as_deref().unwrap_or(NONE),
+                method: self.method.as_str(),
+                path: self.logged_path(),
+                status: self.status,
+                elapsed,
+                bytes_in,
+                bytes_out: self.bytes_out,
+                error: self.error.as_deref().unwrap_or(""),
             }
-            if self.status >= 500 {
-                access_line!(warn);
-            } else {
-                access_line!(info);
-            }
+            .log();
         }
     }
 }

@@ -40,28 +40,43 @@ impl LogLevel {
 /// Installs the global log subscriber, writing to stderr. Safe to call more than once (tests):
 /// later calls are ignored. `buffered` (serving): lines go through [`super::logbuf`], so that
 /// no request waits for stderr; call [`super::logbuf::flush`] before exiting.
+///
+/// In logfmt, access-log lines skip tracing and are written by [`super::access`] to the same
+/// place, in the same format: they are one per request, and tracing's field visiting cost
+/// more than the rest of the line. JSON lines all go through tracing's own JSON formatter.
 pub fn init_logging(format: LogFormat, level: LogLevel, buffered: bool) {
-    match buffered.then(super::logbuf::init).flatten() {
-        Some(writer) => install(format, level, writer),
+    let writer = buffered.then(super::logbuf::init).flatten();
+    let installed = match &writer {
+        Some(writer) => install(format, level, writer.clone()),
         None => install(format, level, std::io::stderr),
+    };
+    if installed && format == LogFormat::Logfmt {
+        super::access::write_directly(level, writer.map(|w| w.buffer()));
     }
 }
 
-fn install<W>(format: LogFormat, level: LogLevel, writer: W)
+/// Whether `level` lets through events at `event` (as the subscriber's max level does).
+pub(super) fn enabled(level: LogLevel, event: tracing::Level) -> bool {
+    level.filter() >= event
+}
+
+/// Installs the subscriber; false if one was already installed.
+fn install<W>(format: LogFormat, level: LogLevel, writer: W) -> bool
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
         .with_max_level(level.filter());
-    let _ = match format {
+    match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
         LogFormat::Logfmt => builder.event_format(Logfmt).try_init(),
-    };
+    }
+    .is_ok()
 }
 
 /// Formats events as logfmt: `ts=... level=info msg="..." key=value`.
@@ -74,30 +89,35 @@ struct Scratch {
     fields: String,
     message: String,
     value: String,
-    /// The timestamp up to its milliseconds (`2026-12-01T18:20:01.`), for the second in
-    /// `stamp_second`: formatting a date is the costliest part of a line, and lines come many
-    /// per second.
-    stamp: String,
-    stamp_second: Option<i64>,
+    stamp: Stamp,
 }
 
-impl Scratch {
+/// The timestamp of a line up to its milliseconds (`2026-12-01T18:20:01.`), kept for the
+/// second it names: formatting a date is the costliest part of a line, and lines come many per
+/// second.
+#[derive(Default)]
+pub(super) struct Stamp {
+    text: String,
+    second: Option<i64>,
+}
+
+impl Stamp {
     /// Writes `ms` (since the epoch) as RFC 3339 with milliseconds, as
     /// [`crate::time::write_rfc3339`] does, reusing the date of the previous line's second.
-    fn write_stamp(&mut self, out: &mut impl fmt::Write, ms: i64) -> fmt::Result {
+    pub(super) fn write(&mut self, out: &mut impl fmt::Write, ms: i64) -> fmt::Result {
         let (second, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));
-        if self.stamp_second != Some(second) {
-            self.stamp.clear();
-            crate::time::write_rfc3339(&mut self.stamp, second * 1000)?;
+        if self.second != Some(second) {
+            self.text.clear();
+            crate::time::write_rfc3339(&mut self.text, second * 1000)?;
             // "…:SS.000Z": keep "…:SS." and put this line's milliseconds after it.
-            if !self.stamp.ends_with(".000Z") {
-                self.stamp_second = None;
+            if !self.text.ends_with(".000Z") {
+                self.second = None;
                 return crate::time::write_rfc3339(out, ms);
             }
-            self.stamp.truncate(self.stamp.len() - 4);
-            self.stamp_second = Some(second);
+            self.text.truncate(self.text.len() - 4);
+            self.second = Some(second);
         }
-        out.write_str(&self.stamp)?;
+        out.write_str(&self.text)?;
         let digits = [
             b'0' + (milli / 100) as u8,
             b'0' + (milli / 10 % 10) as u8,
@@ -126,7 +146,7 @@ fn needs_quotes(v: &str) -> bool {
         || (!v.is_ascii() && v.chars().any(char::is_control))
 }
 
-fn logfmt_value(out: &mut String, v: &str) {
+pub(super) fn logfmt_value(out: &mut String, v: &str) {
     let needs_quotes = needs_quotes(v);
     if needs_quotes {
         out.push('"');
@@ -230,7 +250,7 @@ impl Visit for LogfmtFields<'_> {
 
 /// `n` in decimal, in the tail of `buf`: cheaper than the formatting machinery for the
 /// counters and sizes of every access-log line.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+pub(super) fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
     let mut i = buf.len();
     loop {
         i -= 1;
@@ -264,7 +284,7 @@ impl Logfmt {
         event.record(&mut v);
         let has_message = v.has_message;
         write!(writer, "ts=")?;
-        scratch.write_stamp(writer, crate::time::now_millis())?;
+        scratch.stamp.write(writer, crate::time::now_millis())?;
         write!(writer, " level={}", level_name(event.metadata().level()))?;
         if has_message {
             // The message goes through the same quoting as any value, via the value scratch.
@@ -297,13 +317,37 @@ where
     }
 }
 
+/// A subscriber formatting with [`Logfmt`] into `out`, for tests comparing lines.
+#[cfg(test)]
+pub(super) fn logfmt_subscriber(
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+) -> impl Subscriber + Send + Sync {
+    struct Into(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Into {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_writer(move || Into(out.clone()))
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
+        .event_format(Logfmt)
+        .finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn the_cached_timestamp_is_the_full_formatting() {
-        let mut scratch = Scratch::default();
+        let mut stamp = Stamp::default();
         // Within one second, across seconds, back again, and at the epoch.
         for ms in [
             1_764_612_001_000,
@@ -315,7 +359,7 @@ mod tests {
             999,
         ] {
             let mut cached = String::new();
-            scratch.write_stamp(&mut cached, ms).unwrap();
+            stamp.write(&mut cached, ms).unwrap();
             let mut full = String::new();
             crate::time::write_rfc3339(&mut full, ms).unwrap();
             assert_eq!(cached, full, "{ms}");

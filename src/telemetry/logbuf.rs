@@ -50,7 +50,7 @@ impl Buffer {
     }
 
     /// Adds one formatted event (one line, or a few for a multi-line message).
-    fn push(&self, line: &[u8]) {
+    pub(super) fn push(&self, line: &[u8]) {
         let mut waiting = lock(&self.waiting);
         if waiting.len() + line.len() > self.capacity {
             let lines = line.iter().filter(|&&b| b == b'\n').count().max(1);
@@ -99,6 +99,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The `MakeWriter` tracing's formatter writes each event through.
 #[derive(Clone)]
 pub struct BufferedStderr(Arc<Buffer>);
+
+impl BufferedStderr {
+    /// The buffer this writes to.
+    pub(super) fn buffer(&self) -> Arc<Buffer> {
+        self.0.clone()
+    }
+}
 
 /// One event's writer: tracing formats an event completely, then writes it in one call.
 pub struct EventWriter<'a>(&'a Buffer);

@@ -1,6 +1,7 @@
 //! What tenantgate tells its operators: logs ([`log`]), metrics ([`metrics`]), and
 //! [`Exchange`], which records one request in both when its response body is finished.
 
+mod access;
 pub mod build;
 mod exchange;
 mod handles;
