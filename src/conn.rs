@@ -16,7 +16,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
@@ -25,12 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Milliseconds on a monotonic clock shared by the process, for activity stamps in atomics.
-/// Never 0, which [`crate::drive::drive`] reads as "no request yet".
-pub fn mono_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
+pub use crate::time::mono_ms;
 
 /// Reads until it is clear whether the client speaks HTTP/2 (the full preface) or not (the
 /// first byte that differs), within `deadline`. Returns what was read, or `None` if the client

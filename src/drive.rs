@@ -4,7 +4,9 @@
 //! hyper holds the connection, so [`drive`] shuts a connection down gracefully when no request
 //! has started on it for `server.idle_timeout` (requests in progress still finish), when the
 //! server drains, or when the connection is asked to close; and it hands an idle HTTP/1
-//! connection back to be parked ([`crate::park`]).
+//! connection back to be parked ([`crate::park`]). For those connections it also keeps the
+//! header-read deadline, in place of hyper's timer: checked on the connection's one ticker,
+//! it costs nothing per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -96,7 +98,9 @@ pub struct Watch<'a> {
 /// server drains, when no first request arrives within `limits.header_read` (an HTTP/2 client
 /// that sent its preface and then nothing), or when no request has started for `limits.idle`
 /// after that. With `parking`, an idle HTTP/1 connection is let go as soon as hyper waits for a
-/// next request with nothing read, if the listener is crowded then ([`Ended::Parked`]).
+/// next request with nothing read, if the listener is crowded then ([`Ended::Parked`]); and a
+/// connection on which hyper has waited `limits.header_read` for a request head
+/// ([`Parking::head_overdue`]) is dropped, as hyper's own timeout drops it.
 ///
 /// The connection is pinned by the caller: taken by value, it would be stored twice in this
 /// future (as the argument and as the pinned local), and this future is most of what every
@@ -157,6 +161,13 @@ pub async fn drive<C: Served>(mut conn: Pin<&mut C>, w: Watch<'_>) -> Result<End
                 }
             }
             _ = tick.tick(), if !closing => {
+                if let Some((p, _)) = parking
+                    && p.head_overdue(mono_ms(), first_ms)
+                {
+                    // What hyper's own header-read timeout does: the connection is dropped,
+                    // without an answer. (Its timer is off for connections that park.)
+                    return Ok(Ended::Closed);
+                }
                 let last = activity.load(Ordering::Relaxed);
                 if last == 0 && mono_ms().saturating_sub(opened) >= first_ms {
                     // No request ever started, so nothing is in flight: drop the connection. A

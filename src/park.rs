@@ -27,12 +27,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::time::mono_ms;
 
 /// Open data connections above which an idle HTTP/1 connection is parked.
 pub const PARK_ABOVE: usize = 128;
@@ -94,6 +96,11 @@ pub struct Parking {
     cut: AtomicBool,
     /// hyper waited for a request head with nothing read.
     idle: AtomicBool,
+    /// Since when ([`mono_ms`]) hyper waits for a request head: since the last request's body
+    /// and response ended, or since this hyper connection started; 0 while a request is in
+    /// progress. It bounds the wait by `server.header_read_timeout` ([`Parking::head_overdue`])
+    /// in place of hyper's own timer, which allocated and registered a timer every request.
+    head_since: AtomicU64,
 }
 
 impl Parking {
@@ -106,6 +113,7 @@ impl Parking {
     pub fn request_started(self: &Arc<Self>) -> (InFlight, InFlight) {
         self.in_flight.fetch_add(2, Relaxed);
         self.cut.store(false, Relaxed);
+        self.head_since.store(0, Relaxed);
         let body = InFlight {
             parking: self.clone(),
             ended: false,
@@ -119,9 +127,20 @@ impl Parking {
 
     /// A new hyper connection starts on this one, with `prefix` already read: bytes of a
     /// request are there, so it is not idle until that request is answered.
+    /// Its next request head is due within `server.header_read_timeout` from now (the
+    /// first bytes of one are read or readable).
     pub fn resume(&self, prefix: &Bytes) {
         self.read_since_idle.store(!prefix.is_empty(), Relaxed);
         self.idle.store(false, Relaxed);
+        self.head_since.store(mono_ms(), Relaxed);
+    }
+
+    /// Whether hyper has waited for a request head for `limit_ms` by `now` (both [`mono_ms`]),
+    /// everything before it written out: the client is silent, or sends its head too slowly.
+    /// A response the client does not read is bounded by the send timeout instead.
+    pub fn head_overdue(&self, now: u64, limit_ms: u64) -> bool {
+        let since = self.head_since.load(Relaxed);
+        since != 0 && !self.write_stalled.load(Relaxed) && now.saturating_sub(since) >= limit_ms
     }
 
     /// Whether hyper waits for a next request with both directions of the last one done and
@@ -155,6 +174,7 @@ impl Drop for InFlight {
         }
         if p.in_flight.fetch_sub(1, Relaxed) == 1 {
             p.read_since_idle.store(false, Relaxed);
+            p.head_since.store(mono_ms(), Relaxed);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! times in emulated `runtimeinfo`, `migrate`'s `--start`/`--end` and reports) and HTTP dates
 //! (`Retry-After`). The calendar is `jiff`'s.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Parses an RFC 3339 timestamp (`2024-01-01T00:00:00Z`, `2024-01-01T02:00:00.5+02:00`) into
 /// milliseconds since the Unix epoch (finer fractions are cut, not rounded, as Prometheus does).
@@ -47,6 +47,13 @@ pub fn unix_millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as i64
+}
+
+/// Milliseconds on a monotonic clock shared by the process, for activity stamps in atomics.
+/// Never 0, which [`crate::drive::drive`] and [`crate::park::Parking`] read as "not yet".
+pub fn mono_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Now, in milliseconds since the Unix epoch.

@@ -218,6 +218,55 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() 
     );
 }
 
+#[tokio::test]
+async fn the_header_read_timeout_bounds_heads_never_a_slow_response() {
+    // tenantgate keeps this deadline itself (not hyper's timer): it must not run while a
+    // response takes longer than it, and must run again for the next head.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
+    );
+    let gate = Gate::start(&yaml, &up.url()).await;
+    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // Ten chunks over 2.5 s: the response takes longer than the header-read timeout.
+    s.write_all(b"GET /drip/2500 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the response stalled")
+            .unwrap();
+        assert!(n > 0, "closed mid-response after {:?}", started.elapsed());
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    // Then half a head: dropped without an answer, about the timeout after the response.
+    s.write_all(b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    let waiting = tokio::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .expect("the half head was not closed");
+    assert!(matches!(n, Ok(0) | Err(_)), "expected no answer, got {n:?}");
+    assert!(
+        waiting.elapsed() >= Duration::from_millis(700),
+        "closed too early: {:?}",
+        waiting.elapsed()
+    );
+}
+
 /// Waits for the server to close `s`, returning how long that took.
 async fn closed_after(mut s: tokio::net::TcpStream, what: &str) -> Duration {
     use tokio::io::AsyncReadExt;

@@ -23,7 +23,9 @@ use crate::tls::PeerNames;
 
 /// hyper's servers for the two protocols, set up once from the config.
 pub(super) struct Protocols {
+    /// The data listener's: no header-read timer of hyper's (`drive` keeps that deadline).
     pub(super) h1: hyper::server::conn::http1::Builder,
+    pub(super) h1_admin: hyper::server::conn::http1::Builder,
     pub(super) h2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
@@ -355,7 +357,10 @@ where
     let result = match (role, h2) {
         (Role::Data, _) => Box::pin(drive!(builder.h2.serve_connection(io, data(None)))).await,
         (Role::Admin, false) => {
-            Box::pin(drive!(builder.h1.serve_connection(io, admin(&activity)))).await
+            Box::pin(drive!(
+                builder.h1_admin.serve_connection(io, admin(&activity))
+            ))
+            .await
         }
         (Role::Admin, true) => {
             Box::pin(drive!(builder.h2.serve_connection(io, admin(&activity)))).await

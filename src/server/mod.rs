@@ -182,14 +182,21 @@ impl Server {
         // The preface check (`conn::read_preface`) already knows the protocol, so each
         // connection goes straight to hyper's HTTP/1 or HTTP/2 server, not through a sniffer.
         let mut h1 = hyper::server::conn::http1::Builder::new();
-        h1.timer(TokioTimer::new())
-            .header_read_timeout(self.header_read_timeout)
+        // The data listener's HTTP/1 connections have their header-read deadline kept by
+        // `drive` (from `park::Parking`, which knows when a head is awaited): hyper's own
+        // timer is a boxed sleep registered and dropped every request.
+        h1.header_read_timeout(None)
             // hyper answers 431 when the request head does not fit.
             .max_buf_size(self.max_header_bytes);
         if self.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             // Only when changed: a custom limit moves header parsing from the stack to the heap.
             h1.max_headers(self.max_headers);
         }
+        // The admin listener's connections do not park: hyper keeps their deadline.
+        let mut h1_admin = h1.clone();
+        h1_admin
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_read_timeout);
         let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         h2.timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX))
@@ -198,7 +205,7 @@ impl Server {
             // Pings find dead peers; an HTTP/2 connection otherwise never times out.
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(20));
-        let builder = Arc::new(Protocols { h1, h2 });
+        let builder = Arc::new(Protocols { h1, h1_admin, h2 });
         // Each connection holds a permit of its listener's semaphore until it is done, so the
         // drain waits for all permits to come back. The admin listener has its own permits and
         // stop signal: it keeps answering (readiness 503, metrics) while the data listeners

@@ -7,8 +7,9 @@
 //! While parked, the bounds hyper would apply still hold: a connection that stays silent for
 //! `server.header_read_timeout` after its last answer (or `server.idle_timeout` after its last
 //! request began) is closed without an answer, the server's drain closes it at once, and so
-//! does a close asked of it. A request head that then arrives only in part is closed by hyper's
-//! header-read timeout (without an answer, as hyper does), counted from its first bytes.
+//! does a close asked of it. A request head that then arrives only in part is closed by the
+//! header-read deadline [`drive`] keeps (without an answer, as hyper does), counted from its
+//! first bytes.
 
 use std::pin::Pin;
 use std::sync::Arc;
