@@ -1,12 +1,12 @@
 //! Runs hyper's connections to their end, bounding how long they sit idle.
 //!
-//! HTTP/2 has no idle timeout in hyper, and hyper's HTTP/1 header-read timeout only runs while
-//! hyper holds the connection, so [`drive`] shuts a connection down gracefully when no request
+//! HTTP/2 has no idle timeout in hyper, and hyper's HTTP/1 header-read timeout (kept for the
+//! admin listener) only runs while hyper holds the connection, so [`drive`] shuts a connection down gracefully when no request
 //! has started on it for `server.idle_timeout` (requests in progress still finish), when the
 //! server drains, or when the connection is asked to close; and it hands an idle HTTP/1
-//! connection back to be parked ([`crate::park`]). For those connections it also keeps the
-//! header-read deadline, in place of hyper's timer: checked on the connection's one ticker,
-//! it costs nothing per request.
+//! connection back to be parked ([`crate::park`]). For the data listener's HTTP/1 connections
+//! (those that can park) it keeps the header-read deadline too, in place of hyper's timer:
+//! checked on the connection's one ticker, it costs nothing per request.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -160,13 +160,17 @@ pub async fn drive<C: Served>(mut conn: Pin<&mut C>, w: Watch<'_>) -> Result<End
                     }
                 }
             }
-            _ = tick.tick(), if !closing => {
+            _ = tick.tick(), if !closing || parking.is_some() => {
                 if let Some((p, _)) = parking
                     && p.head_overdue(mono_ms(), first_ms)
                 {
                     // What hyper's own header-read timeout does: the connection is dropped,
-                    // without an answer. (Its timer is off for connections that park.)
+                    // without an answer. (Its timer is off for connections that park.) Closing
+                    // too: hyper's graceful shutdown waits for a head it has begun to read.
                     return Ok(Ended::Closed);
+                }
+                if closing {
+                    continue;
                 }
                 let last = activity.load(Ordering::Relaxed);
                 if last == 0 && mono_ms().saturating_sub(opened) >= first_ms {

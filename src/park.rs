@@ -17,7 +17,9 @@
 //! for each idle one.
 //!
 //! The moment to park is told by [`Parking`], shared by the connection's pieces (all on one
-//! task, so its flags need no ordering stronger than relaxed):
+//! task, so its flags need no ordering stronger than relaxed; but a request body dropped
+//! before its end is let go of by the discard task, so the count in flight and the time a head
+//! is awaited since share one atomic word, changed at once):
 //! - the service counts the request in ([`Parking::request_started`]) and its response body
 //!   counts it out when hyper drops it ([`Tracked`]);
 //! - [`Watched`], around the socket, sees hyper's reads and writes: a read that finds nothing
@@ -27,7 +29,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -85,8 +87,15 @@ impl<S: ReadReady> ReadReady for tokio_rustls::server::TlsStream<S> {
 /// What one HTTP/1 connection's pieces tell each other about when it may be parked.
 #[derive(Debug, Default)]
 pub struct Parking {
-    /// Request bodies and responses hyper has not yet let go of (two per request).
-    in_flight: AtomicU32,
+    /// Two things in one word, so that no thread can come between them: in the low
+    /// [`COUNT_BITS`], the request bodies and responses hyper has not yet let go of (two per
+    /// request; a body dropped early is let go of by the discard task, maybe on another
+    /// thread); above them, since when ([`mono_ms`]) hyper waits for a request head, 0 while a
+    /// request is in progress. That wait began when the last body and response were let go of,
+    /// or when this hyper connection started. It is bounded by `server.header_read_timeout`
+    /// ([`Parking::head_overdue`]) in place of hyper's own timer, which allocated and
+    /// registered a timer every request.
+    state: AtomicU64,
     /// Bytes arrived since the last request and response ended (a next request on its way).
     read_since_idle: AtomicBool,
     /// hyper's last write found the client not reading: a response is not fully out.
@@ -96,12 +105,11 @@ pub struct Parking {
     cut: AtomicBool,
     /// hyper waited for a request head with nothing read.
     idle: AtomicBool,
-    /// Since when ([`mono_ms`]) hyper waits for a request head: since the last request's body
-    /// and response ended, or since this hyper connection started; 0 while a request is in
-    /// progress. It bounds the wait by `server.header_read_timeout` ([`Parking::head_overdue`])
-    /// in place of hyper's own timer, which allocated and registered a timer every request.
-    head_since: AtomicU64,
 }
+
+/// The bits of [`Parking`]'s state that count what is in flight.
+const COUNT_BITS: u32 = 16;
+const COUNT: u64 = (1 << COUNT_BITS) - 1;
 
 impl Parking {
     pub fn new() -> Arc<Parking> {
@@ -111,9 +119,11 @@ impl Parking {
     /// A request head was read; returns what its body and its response must hold until
     /// they are dropped.
     pub fn request_started(self: &Arc<Self>) -> (InFlight, InFlight) {
-        self.in_flight.fetch_add(2, Relaxed);
+        // Two more in flight, and no head awaited.
+        let _ = self
+            .state
+            .fetch_update(Relaxed, Relaxed, |s| Some((s & COUNT) + 2));
         self.cut.store(false, Relaxed);
-        self.head_since.store(0, Relaxed);
         let body = InFlight {
             parking: self.clone(),
             ended: false,
@@ -126,21 +136,28 @@ impl Parking {
     }
 
     /// A new hyper connection starts on this one, with `prefix` already read: bytes of a
-    /// request are there, so it is not idle until that request is answered.
-    /// Its next request head is due within `server.header_read_timeout` from now (the
-    /// first bytes of one are read or readable).
+    /// request are there, so it is not idle until that request is answered. That request's
+    /// head is due within `server.header_read_timeout` from now (its first bytes are read or
+    /// readable).
     pub fn resume(&self, prefix: &Bytes) {
         self.read_since_idle.store(!prefix.is_empty(), Relaxed);
         self.idle.store(false, Relaxed);
-        self.head_since.store(mono_ms(), Relaxed);
+        let since = mono_ms() << COUNT_BITS;
+        let _ = self
+            .state
+            .fetch_update(Relaxed, Relaxed, |s| Some((s & COUNT) | since));
     }
 
     /// Whether hyper has waited for a request head for `limit_ms` by `now` (both [`mono_ms`]),
     /// everything before it written out: the client is silent, or sends its head too slowly.
     /// A response the client does not read is bounded by the send timeout instead.
     pub fn head_overdue(&self, now: u64, limit_ms: u64) -> bool {
-        let since = self.head_since.load(Relaxed);
-        since != 0 && !self.write_stalled.load(Relaxed) && now.saturating_sub(since) >= limit_ms
+        let state = self.state.load(Relaxed);
+        let since = state >> COUNT_BITS;
+        state & COUNT == 0
+            && since != 0
+            && !self.write_stalled.load(Relaxed)
+            && now.saturating_sub(since) >= limit_ms
     }
 
     /// Whether hyper waits for a next request with both directions of the last one done and
@@ -154,7 +171,7 @@ impl Parking {
     }
 
     fn quiet(&self) -> bool {
-        self.in_flight.load(Relaxed) == 0
+        self.state.load(Relaxed) & COUNT == 0
     }
 }
 
@@ -172,9 +189,18 @@ impl Drop for InFlight {
         if !self.ended {
             p.cut.store(true, Relaxed);
         }
-        if p.in_flight.fetch_sub(1, Relaxed) == 1 {
+        // One fewer in flight; the last one starts the wait for the next head.
+        let before = p.state.fetch_update(Relaxed, Relaxed, |s| {
+            Some(match s & COUNT {
+                0 => s,
+                1 => mono_ms() << COUNT_BITS,
+                _ => s - 1,
+            })
+        });
+        if let Ok(s) = before
+            && s & COUNT == 1
+        {
             p.read_since_idle.store(false, Relaxed);
-            p.head_since.store(mono_ms(), Relaxed);
         }
     }
 }

@@ -267,6 +267,36 @@ async fn the_header_read_timeout_bounds_heads_never_a_slow_response() {
     );
 }
 
+#[tokio::test]
+async fn a_half_first_head_does_not_hold_the_drain_past_the_header_read_timeout() {
+    // Draining asks hyper to finish gracefully, and hyper then waits for a first head it has
+    // begun to read: the header-read deadline (tenantgate's, not hyper's timer) must still
+    // close the connection, or it would hold the drain for all of `shutdown_grace`.
+    use tokio::io::AsyncWriteExt;
+    let up = Upstream::start().await;
+    let yaml = SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n  shutdown_grace: 60s\n",
+    );
+    let mut gate = Gate::start(&yaml, &up.url()).await;
+    let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    s.write_all(b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHo")
+        .await
+        .unwrap();
+    // A whole exchange on another connection: the server has run since the half head came.
+    let answer = raw(
+        gate.addr,
+        "GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    gate.begin_stop();
+    closed_after(s, "a half head during the drain").await;
+    tokio::time::timeout(Duration::from_secs(5), gate.stopped())
+        .await
+        .expect("the drain was still waiting 5 s after the last connection closed");
+}
+
 /// Waits for the server to close `s`, returning how long that took.
 async fn closed_after(mut s: tokio::net::TcpStream, what: &str) -> Duration {
     use tokio::io::AsyncReadExt;

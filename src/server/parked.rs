@@ -114,7 +114,8 @@ where
         )
         .await?;
         if ended == Ended::Closed {
-            // hyper flushed and shut the socket down, as it ends any connection.
+            // hyper flushed and shut the socket down, as it ends any connection; or the
+            // header-read deadline passed, and the socket is dropped as hyper drops it then.
             return Ok(());
         }
         let parts = conn.conn.into_parts();

@@ -2,8 +2,10 @@
 //! log buffer, rather than through tracing: visiting the line's fifteen fields one `dyn` call
 //! at a time cost more instructions than everything else the line does (callgrind, in
 //! `bench/analysis.md`). The line is the one tracing's logfmt formatter writes for the same
-//! event, field for field, and a test holds the two to that. Before [`write_directly`] is
-//! called (the JSON format; an embedder's own subscriber), lines go through tracing.
+//! event, field for field (a test holds the two to that), except that `duration_ms` always
+//! has three decimals (`2.500`, where tracing's `f64` would be `2.5`). Before
+//! [`write_directly`] is called (the JSON format; an embedder's own subscriber), lines go
+//! through tracing.
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -32,7 +34,8 @@ pub(super) struct AccessLine<'a> {
 
 /// Where lines written directly go, and which levels are on.
 struct Direct {
-    /// `None`: straight to stderr (the log buffer's thread could not start).
+    /// `None`: straight to stderr (logging unbuffered, or the log buffer's thread could not
+    /// start).
     buffer: Option<Arc<Buffer>>,
     info: bool,
     warn: bool,
@@ -224,6 +227,8 @@ mod tests {
         line.split_once(' ').map_or("", |(_, rest)| rest)
     }
 
+    /// Durations here are ones tracing's `f64` writes with three decimals too; the others
+    /// are in [`durations_are_milliseconds_with_three_decimals`].
     #[test]
     fn the_direct_line_is_the_line_tracing_writes() {
         for l in [
