@@ -193,10 +193,7 @@ async fn a_slow_but_steady_stream_is_not_cut() {
 async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    let yaml = SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
-    );
+    let yaml = sidecar_with_server("  header_read_timeout: 1s\n");
     let gate = Gate::start(&yaml, &up.url()).await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     s.write_all(b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -224,10 +221,7 @@ async fn the_header_read_timeout_bounds_heads_never_a_slow_response() {
     // response takes longer than it, and must run again for the next head.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let up = Upstream::start().await;
-    let yaml = SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
-    );
+    let yaml = sidecar_with_server("  header_read_timeout: 1s\n");
     let gate = Gate::start(&yaml, &up.url()).await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -274,10 +268,7 @@ async fn a_half_first_head_does_not_hold_the_drain_past_the_header_read_timeout(
     // close the connection, or it would hold the drain for all of `shutdown_grace`.
     use tokio::io::AsyncWriteExt;
     let up = Upstream::start().await;
-    let yaml = SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n  shutdown_grace: 60s\n",
-    );
+    let yaml = sidecar_with_server("  header_read_timeout: 1s\n  shutdown_grace: 60s\n");
     let mut gate = Gate::start(&yaml, &up.url()).await;
     let mut s = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     s.write_all(b"GET /prometheus/api/v1/labels HTTP/1.1\r\nHo")
@@ -316,10 +307,7 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_read_timeo
  {
     use tokio::io::AsyncWriteExt;
     let up = Upstream::start().await;
-    let yaml = SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 1s\n",
-    );
+    let yaml = sidecar_with_server("  header_read_timeout: 1s\n");
     let gate = Gate::start(&yaml, &up.url()).await;
     let admin = gate.admin.unwrap();
     for addr in [gate.addr, admin] {
@@ -342,10 +330,7 @@ async fn silent_and_half_preface_connections_are_closed_at_the_header_read_timeo
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     let up = Upstream::start().await;
-    let yaml = SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        "server:\n  listen: 127.0.0.1:0\n  idle_timeout: 1s\n",
-    );
+    let yaml = sidecar_with_server("  idle_timeout: 1s\n");
     let gate = Gate::start(&yaml, &up.url()).await;
     let stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, TestBody>(

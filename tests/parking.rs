@@ -58,13 +58,6 @@ async fn crowd(gate: &Gate) -> Vec<TcpStream> {
     held
 }
 
-fn with_server(extra: &str) -> String {
-    SIDECAR.replace(
-        "server:\n  listen: 127.0.0.1:0\n",
-        &format!("server:\n  listen: 127.0.0.1:0\n{extra}"),
-    )
-}
-
 #[tokio::test]
 async fn parked_connections_serve_request_after_request_pipelined_or_split() {
     let up = Upstream::start().await;
@@ -116,7 +109,11 @@ async fn parked_connections_serve_request_after_request_pipelined_or_split() {
 async fn a_parked_connection_is_closed_silently_after_the_header_read_timeout_even_with_half_a_head()
  {
     let up = Upstream::start().await;
-    let gate = Gate::start(&with_server("  header_read_timeout: 1s\n"), &up.url()).await;
+    let gate = Gate::start(
+        &sidecar_with_server("  header_read_timeout: 1s\n"),
+        &up.url(),
+    )
+    .await;
     let _held = crowd(&gate).await;
 
     // Silent after its answer: closed without a word, about the timeout later.
@@ -163,7 +160,7 @@ async fn a_parked_connection_is_closed_silently_after_the_header_read_timeout_ev
 #[tokio::test]
 async fn a_drain_closes_parked_connections_at_once() {
     let up = Upstream::start().await;
-    let mut gate = Gate::start(&with_server("  shutdown_grace: 20s\n"), &up.url()).await;
+    let mut gate = Gate::start(&sidecar_with_server("  shutdown_grace: 20s\n"), &up.url()).await;
     let mut held = crowd(&gate).await;
     let began = tokio::time::Instant::now();
     gate.begin_stop();
@@ -192,7 +189,7 @@ async fn parked_tls_connections_serve_request_after_request() {
         cert.display(),
         key.display()
     );
-    let gate = Gate::start(&with_server(&tls), &up.url()).await;
+    let gate = Gate::start(&sidecar_with_server(&tls), &up.url()).await;
     // The crowd: connections still in their TLS handshake hold their slots too.
     let mut held = Vec::new();
     for _ in 0..=tenantgate::park::PARK_ABOVE {

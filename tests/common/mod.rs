@@ -371,6 +371,15 @@ impl Drop for Gate {
 }
 
 /// The config most tests use: the sidecar shape, plus a push route and a small-body route.
+/// [`SIDECAR`] with `extra` (indented `server:` keys, each line ending in a newline) added
+/// to its `server:` section.
+pub fn sidecar_with_server(extra: &str) -> String {
+    SIDECAR.replace(
+        "server:\n  listen: 127.0.0.1:0\n",
+        &format!("server:\n  listen: 127.0.0.1:0\n{extra}"),
+    )
+}
+
 pub const SIDECAR: &str = r#"
 server:
   listen: 127.0.0.1:0
