@@ -89,7 +89,7 @@ def case_stream(run, args, ctx):
     big = os.path.join(ctx.workdir, "big.bin")
     with Sampler(roots) as up_s:
         _, up = load.curl_speed(["-T", big, "-X", "POST", "-H", "Content-Type: application/x-protobuf"],
-                                base(run) + "/prometheus/api/v1/push-sink", run.headers)
+                                base(run) + "/prometheus/api/v1/upload", run.headers)
     r = {"down_mbs": down / 1e6, "up_mbs": up / 1e6}
     if run.procs:
         r["peak_rss_kib"] = max(down_s.peak, up_s.peak)

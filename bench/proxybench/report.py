@@ -151,7 +151,8 @@ Run with `bash bench/run.sh{(' ' + meta['flags']) if meta['flags'] else ''}` ({a
   from a thread of its own. Elsewhere access logs are off.
 - Latency: `oha -q {args.rate} -c 32 --latency-correction` (open loop), when oha is installed. RSS: VmRSS of all
   the proxy's processes, sampled every 20 ms. Streaming: curl through the proxy, a {args.stream_bytes >> 20} MiB
-  response (NGINX serving a sparse file) and a {args.stream_bytes >> 20} MiB request body with Content-Length.
+  response (NGINX serving a sparse file) and a {args.stream_bytes >> 20} MiB request body with Content-Length,
+  which the upstream reads whole before it answers (as Mimir reads a push; it spools the body to a file).
 
 ## Saturated load
 

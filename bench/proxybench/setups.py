@@ -48,6 +48,18 @@ UPSTREAM = """
       proxy_http_version 1.1;
       proxy_set_header Connection "";
     }}
+    # The 1 GiB upload: read whole before the answer, as Mimir reads a push, but not sent on
+    # (only the head goes to /sink). Answered by `return` instead, a proxy that stops relaying
+    # once the upstream has answered (NGINX does) would be measured discarding, not relaying.
+    location = /prometheus/api/v1/upload {{
+      if ($http_x_scope_orgid = "") {{ return 401 "no org id\\n"; }}
+      client_body_buffer_size 512k;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_pass http://sink/sink;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
     location = /sink {{
       default_type application/json;
       return 200 '{{}}';
