@@ -70,18 +70,22 @@ impl Role {
     }
 }
 
-pub(super) async fn accept_loop(listener: TcpListener, mut ctx: Listener) {
+pub(super) async fn accept_loop(listener: TcpListener, ctx: Listener) {
+    // Shared by the listener's connections: each task holds one pointer to what they all use,
+    // not copies of it (it is kept for as long as the connection is open).
+    let mut stop = ctx.stop.clone();
+    let ctx = Arc::new(ctx);
     if ctx.role == Role::Admin {
-        return admin_accept_loop(listener, ctx).await;
+        return admin_accept_loop(listener, ctx, stop).await;
     }
     loop {
         // Wait for a free connection slot before accepting, so excess connections queue in the
         // kernel backlog instead of being accepted and starved.
         let permit = tokio::select! {
             p = ctx.limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            _ = ctx.stop.changed() => return,
+            _ = stop.changed() => return,
         };
-        let Some((stream, remote)) = accept(&listener, ctx.role, &mut ctx.stop).await else {
+        let Some((stream, remote)) = accept(&listener, ctx.role, &mut stop).await else {
             return;
         };
         serve_connection(stream, remote, &ctx, permit);
@@ -115,9 +119,13 @@ async fn accept(
 
 /// The admin listener accepts at once and, when all its slots are taken, closes the connection
 /// idle for longest to make room: a probe must not wait behind sockets that only sit there.
-async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
+async fn admin_accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Listener>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
-        let Some((stream, remote)) = accept(&listener, ctx.role, &mut ctx.stop).await else {
+        let Some((stream, remote)) = accept(&listener, ctx.role, &mut stop).await else {
             return;
         };
         let permit = match ctx.limit.clone().try_acquire_owned() {
@@ -144,51 +152,48 @@ async fn admin_accept_loop(listener: TcpListener, mut ctx: Listener) {
 fn serve_connection(
     stream: TcpStream,
     remote: SocketAddr,
-    ctx: &Listener,
+    ctx: &Arc<Listener>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
+    // Boxed: the TLS settings are a hundred bytes a plain connection's task need not hold.
     let tls = match ctx.role {
-        Role::Data => ctx.state.app.runtime().config.server.tls.clone(),
+        Role::Data => {
+            let runtime = ctx.state.app.runtime();
+            runtime.config.server.tls.clone().map(Box::new)
+        }
         Role::Admin => None,
     };
-    let (role, state, builder, stop, limits, crowd) = (
-        ctx.role,
-        ctx.state.clone(),
-        ctx.builder.clone(),
-        ctx.stop.clone(),
-        ctx.limits,
-        ctx.crowd.clone(),
-    );
+    let (l, stop) = (ctx.clone(), ctx.stop.clone());
     let activity = Arc::new(AtomicU64::new(0));
     // Admin connections are all in their registry; a data connection joins its registry only
     // if it presents a client certificate, so plain traffic pays no lock.
-    let mut registration: Option<Registration> = match role {
-        Role::Admin => Some(state.admin_conns.register(activity.clone())),
+    let mut registration: Option<Registration> = match l.role {
+        Role::Admin => Some(l.state.admin_conns.register(activity.clone())),
         Role::Data => None,
     };
     tokio::spawn(async move {
         let result = match tls {
             None => {
-                let conn = Conn::new(remote, None, role, activity, registration.as_ref());
-                serve_stream(stream, conn, &state, &builder, stop, limits, &crowd).await
+                let conn = Conn::new(remote, None, activity, registration.as_ref());
+                serve_stream(stream, conn, &l, stop).await
             }
             // Boxed: the handshake and the TLS session are kilobytes a plain connection's task
             // need not be sized for. `None` when the connection ended before being served.
             Some(tls) => match Box::pin(async {
                 let (stream, peer, chain) = handshake(stream, &tls, remote).await?;
                 if let Some(chain) = chain {
-                    let r = state.cert_conns.register(activity.clone());
+                    let r = l.state.cert_conns.register(activity.clone());
                     r.set_chain(chain.clone());
                     // A reload may have swapped the trust during the handshake, after its sweep
                     // of the registry: check against what is current now that this one is in it.
-                    if !still_trusted(&state, &tls, &chain) {
+                    if !still_trusted(&l.state, &tls, &chain) {
                         tracing::info!(remote = %remote, "client certificate no longer trusted after a reload; closing");
                         return None;
                     }
                     registration = Some(r);
                 }
-                let conn = Conn::new(remote, Some(peer), role, activity, registration.as_ref());
-                Some(serve_stream(stream, conn, &state, &builder, stop, limits, &crowd).await)
+                let conn = Conn::new(remote, Some(peer), activity, registration.as_ref());
+                Some(serve_stream(stream, conn, &l, stop).await)
             })
             .await
             {
@@ -213,10 +218,10 @@ fn still_trusted(state: &State, used: &crate::tls::ServerTls, chain: &Chain) -> 
     }
 }
 
-/// One accepted connection, as [`serve_stream`] needs it.
+/// One accepted connection, as [`serve_stream`] needs it: small, as it is held for the
+/// connection's whole life.
 struct Conn {
-    info: ConnInfo,
-    role: Role,
+    info: Arc<ConnInfo>,
     /// [`conn::mono_ms`] when its last request started, 0 before the first.
     activity: Arc<AtomicU64>,
     /// Notified when the connection should close ([`crate::conns`]).
@@ -229,13 +234,11 @@ impl Conn {
     fn new(
         remote: SocketAddr,
         tls: Option<Option<Arc<PeerNames>>>,
-        role: Role,
         activity: Arc<AtomicU64>,
         registration: Option<&Registration>,
     ) -> Conn {
         Conn {
-            info: ConnInfo::new(remote, tls.is_some(), tls.flatten()),
-            role,
+            info: Arc::new(ConnInfo::new(remote, tls.is_some(), tls.flatten())),
             activity,
             close: registration.map_or_else(Arc::default, Registration::close_signal),
         }
@@ -279,21 +282,18 @@ async fn handshake(
 async fn serve_stream<S>(
     mut stream: S,
     conn: Conn,
-    state: &Arc<State>,
-    builder: &Protocols,
+    l: &Listener,
     stop: watch::Receiver<bool>,
-    limits: conn::Limits,
-    crowd: &Crowd,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let Conn {
         info,
-        role,
         activity,
         close,
     } = conn;
+    let limits = &l.limits;
     let prefix = tokio::select! {
         p = conn::read_preface(&mut stream, limits.header_read) => p,
         // Told to close before saying anything: nothing to finish.
@@ -307,37 +307,38 @@ where
     let stream = crate::discard::Lingering::new(conn::WriteDeadline::new(stream, limits.send));
     let data = |parking: Option<Arc<Parking>>| {
         DataService::new(
-            state.app.clone(),
+            l.state.app.clone(),
             info,
             limits.body,
             activity.clone(),
             parking,
         )
     };
-    if let (Role::Data, false) = (role, h2) {
+    if let (Role::Data, false) = (l.role, h2) {
         // Nearly every connection: driven inline, and parked when idle on a crowded listener.
         let parking = Parking::new();
         let service = data(Some(parking.clone()));
+        let io = crate::park::Watched::new(stream, parking.clone());
         let cx = parked::Serving {
-            h1: &builder.h1,
+            h1: &l.builder.h1,
             stop,
             limits,
             activity: &activity,
             close: &close,
-            crowd,
+            crowd: &l.crowd,
         };
-        return parked::serve(prefix, stream, service, parking, cx).await;
+        return parked::serve(prefix, io, service, parking, cx).await;
     }
     let io = TokioIo::new(conn::Replay::new(prefix, stream));
     let mut stop = stop;
-    let mut tick = drive::ticker(&limits);
+    let mut tick = drive::ticker(limits);
     macro_rules! drive {
         ($conn:expr) => {
             async {
                 let conn = std::pin::pin!($conn);
                 let watch = drive::Watch {
                     stop: &mut stop,
-                    limits,
+                    limits: *limits,
                     activity: &activity,
                     close: &close,
                     tick: &mut tick,
@@ -351,10 +352,11 @@ where
     // that their larger futures (an HTTP/2 connection's state is several KiB) do not size the
     // task of every connection.
     let admin = |activity: &Arc<AtomicU64>| admin::AdminService {
-        state: state.clone(),
+        state: l.state.clone(),
         activity: activity.clone(),
     };
-    let result = match (role, h2) {
+    let builder = &l.builder;
+    let result = match (l.role, h2) {
         (Role::Data, _) => Box::pin(drive!(builder.h2.serve_connection(io, data(None)))).await,
         (Role::Admin, false) => {
             Box::pin(drive!(
@@ -385,14 +387,14 @@ pub(super) struct DataService {
 impl DataService {
     pub(super) fn new(
         app: App,
-        info: ConnInfo,
+        info: Arc<ConnInfo>,
         body_pace: conn::BodyPace,
         activity: Arc<AtomicU64>,
         parking: Option<Arc<Parking>>,
     ) -> Self {
         DataService {
             app,
-            info: Arc::new(info),
+            info,
             body_pace,
             activity,
             parking,

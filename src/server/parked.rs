@@ -49,6 +49,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for KeepIo<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> KeepIo<S> {
+    /// The socket, the service and what hyper had read past its last request, back from hyper.
+    fn into_parts(self) -> (Watched<S>, DataService, Bytes) {
+        let parts = self.conn.into_parts();
+        (
+            parts.io.into_inner().into_inner(),
+            parts.service,
+            parts.read_buf,
+        )
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Served for KeepIo<S> {
     type Error = hyper::Error;
 
@@ -65,111 +77,120 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Served for KeepIo<S> {
 pub(super) struct Serving<'a> {
     pub(super) h1: &'a http1::Builder,
     pub(super) stop: watch::Receiver<bool>,
-    pub(super) limits: Limits,
+    pub(super) limits: &'a Limits,
     pub(super) activity: &'a AtomicU64,
     pub(super) close: &'a Notify,
     pub(super) crowd: &'a Crowd,
 }
 
+type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
+
 /// Serves one HTTP/1 connection of the data listener to its end, `prefix` already read.
-pub(super) async fn serve<S>(
+///
+/// What this future holds while the connection is parked is what every idle connection costs,
+/// so it is kept small: hyper's connection and the driver are boxed while hyper serves, and
+/// this is a function returning an `async move` block rather than an `async fn` (which keeps
+/// its arguments twice: as given, and moved into its body), whose body uses what it was given
+/// in place.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+pub(super) fn serve<'a, S>(
     mut prefix: Bytes,
-    stream: S,
+    mut io: Watched<S>,
     mut service: DataService,
     parking: Arc<Parking>,
-    cx: Serving<'_>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+    mut cx: Serving<'a>,
+) -> impl Future<Output = Outcome> + 'a
 where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
-    let Serving {
-        h1,
-        mut stop,
-        limits,
-        activity,
-        close,
-        crowd,
-    } = cx;
-    let mut tick = drive::ticker(&limits);
-    let mut io = Watched::new(stream, parking.clone());
-    // When the connection last went idle, and the request it followed: a wake-up that brings
-    // no request (part of a TLS record) parks it again on the same clock.
-    let mut idle_since: Option<(u64, u64)> = None;
-    loop {
-        parking.resume(&prefix);
-        let mut conn = KeepIo {
-            conn: h1.serve_connection(TokioIo::new(Replay::new(prefix, io)), service),
-            park: false,
-        };
-        let ended = drive::drive(
-            Pin::new(&mut conn),
-            Watch {
-                stop: &mut stop,
-                limits,
-                activity,
-                close,
+    async move {
+        let mut tick = drive::ticker(cx.limits);
+        // When the connection last went idle, and the request it followed: a wake-up that
+        // brings no request (part of a TLS record) parks it again on the same clock.
+        let mut idle_since: Option<(u64, u64)> = None;
+        loop {
+            parking.resume(&prefix);
+            let watch = Watch {
+                stop: &mut cx.stop,
+                limits: *cx.limits,
+                activity: cx.activity,
+                close: cx.close,
                 tick: &mut tick,
-                parking: Some((&parking, crowd)),
-            },
-        )
-        .await?;
-        if ended == Ended::Closed {
-            // hyper flushed and shut the socket down, as it ends any connection; or the
+                parking: Some((&parking, cx.crowd)),
+            };
+            let h1 = cx.h1;
+            // Closed: hyper flushed and shut the socket down, as it ends any connection; or the
             // header-read deadline passed, and the socket is dropped as hyper drops it then.
-            return Ok(());
-        }
-        let parts = conn.conn.into_parts();
-        io = parts.io.into_inner().into_inner();
-        service = parts.service;
-        // hyper read part of a next request before going idle: it goes on from there.
-        if !parts.read_buf.is_empty() {
-            prefix = parts.read_buf;
-            continue;
-        }
-        // Even empty, hyper's read buffer keeps its 8 KiB: drop it, not keep it parked.
-        drop(parts.read_buf);
-        prefix = Bytes::new();
-        let last = activity.load(Ordering::Relaxed);
-        let since = match idle_since {
-            Some((request, since)) if request == last => since,
-            _ => conn::mono_ms(),
-        };
-        idle_since = Some((last, since));
-        if !wait_parked(&io, since, &mut stop, &limits, activity, close, &mut tick).await? {
-            // What hyper does when it closes an idle connection.
-            return Ok(io.shutdown().await?);
+            let Some((back, again, read_buf)) = Box::pin(async move {
+                let mut conn = KeepIo {
+                    conn: h1.serve_connection(TokioIo::new(Replay::new(prefix, io)), service),
+                    park: false,
+                };
+                let ended = drive::drive(Pin::new(&mut conn), watch).await?;
+                Ok::<_, hyper::Error>((ended == Ended::Parked).then(|| conn.into_parts()))
+            })
+            .await?
+            else {
+                return Ok(());
+            };
+            (io, service) = (back, again);
+            // hyper read part of a next request before going idle: it goes on from there.
+            if !read_buf.is_empty() {
+                prefix = read_buf;
+                continue;
+            }
+            // Even empty, hyper's read buffer keeps its 8 KiB: drop it, not keep it parked.
+            drop(read_buf);
+            prefix = Bytes::new();
+            let last = cx.activity.load(Ordering::Relaxed);
+            let since = match idle_since {
+                Some((request, since)) if request == last => since,
+                _ => conn::mono_ms(),
+            };
+            idle_since = Some((last, since));
+            if !wait_parked(&io, since, &mut cx, &mut tick).await? {
+                // What hyper does when it closes an idle connection.
+                return Ok(io.shutdown().await?);
+            }
         }
     }
 }
 
 /// Waits, holding no buffer, until the client sends something (`true`) or the connection is
 /// to close (`false`): silent for `header_read` since `since` (when it went idle) or for `idle`
-/// since its last request began, the server draining, or a close asked.
-async fn wait_parked<S: ReadReady>(
-    io: &S,
+/// since its last request began, the server draining, or a close asked. Not an `async fn`, for
+/// the reason [`serve`] is not.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn would hold its arguments twice"
+)]
+fn wait_parked<'a, S: ReadReady>(
+    io: &'a S,
     since: u64,
-    stop: &mut watch::Receiver<bool>,
-    limits: &Limits,
-    activity: &AtomicU64,
-    close: &Notify,
-    tick: &mut tokio::time::Interval,
-) -> std::io::Result<bool> {
-    if *stop.borrow() {
-        return Ok(false);
-    }
-    let header_ms = limits.header_read.as_millis() as u64;
-    let idle_ms = limits.idle.as_millis() as u64;
-    let mut readable = std::future::poll_fn(|cx| io.poll_read_ready(cx));
-    loop {
-        tokio::select! {
-            r = &mut readable => return r.map(|()| true),
-            _ = stop.changed() => return Ok(false),
-            _ = close.notified() => return Ok(false),
-            _ = tick.tick() => {
-                let now = conn::mono_ms();
-                let last = activity.load(Ordering::Relaxed);
-                if now.saturating_sub(since) >= header_ms || now.saturating_sub(last) >= idle_ms {
-                    return Ok(false);
+    cx: &'a mut Serving<'_>,
+    tick: &'a mut tokio::time::Interval,
+) -> impl Future<Output = std::io::Result<bool>> + 'a {
+    async move {
+        if *cx.stop.borrow() {
+            return Ok(false);
+        }
+        let header_ms = cx.limits.header_read.as_millis() as u64;
+        let idle_ms = cx.limits.idle.as_millis() as u64;
+        let mut readable = std::future::poll_fn(|c| io.poll_read_ready(c));
+        loop {
+            tokio::select! {
+                r = &mut readable => return r.map(|()| true),
+                _ = cx.stop.changed() => return Ok(false),
+                _ = cx.close.notified() => return Ok(false),
+                _ = tick.tick() => {
+                    let now = conn::mono_ms();
+                    let last = cx.activity.load(Ordering::Relaxed);
+                    if now.saturating_sub(since) >= header_ms || now.saturating_sub(last) >= idle_ms {
+                        return Ok(false);
+                    }
                 }
             }
         }

@@ -105,7 +105,7 @@ async fn served_above(above: usize) -> (TcpStream, Arc<AtomicUsize>, tokio::task
         let activity_arc = Arc::new(AtomicU64::new(0));
         let service = DataService::new(
             app,
-            ConnInfo::new(remote, false, None),
+            Arc::new(ConnInfo::new(remote, false, None)),
             LIMITS.body,
             activity_arc,
             Some(parking.clone()),
@@ -114,12 +114,13 @@ async fn served_above(above: usize) -> (TcpStream, Arc<AtomicUsize>, tokio::task
         let cx = Serving {
             h1: &h1,
             stop,
-            limits: LIMITS,
+            limits: &LIMITS,
             activity: &activity,
             close: &close,
             crowd: &crowd,
         };
-        let _ = serve(Bytes::new(), stream, service, parking, cx).await;
+        let io = Watched::new(stream, parking.clone());
+        let _ = serve(Bytes::new(), io, service, parking, cx).await;
     });
     (client, waits, task)
 }
