@@ -15,6 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 
 use super::{State, admin, parked};
 use crate::app::{App, ConnInfo};
+use crate::body::BoxError;
 use crate::conn;
 use crate::conns::{Chain, Registration};
 use crate::drive;
@@ -71,8 +72,8 @@ impl Role {
 }
 
 pub(super) async fn accept_loop(listener: TcpListener, ctx: Listener) {
-    // Shared by the listener's connections: each task holds one pointer to what they all use,
-    // not copies of it (it is kept for as long as the connection is open).
+    // Shared by the listener's connections: a connection's task, kept for as long as it is
+    // open, holds one pointer to what they all use rather than copies of it.
     let mut stop = ctx.stop.clone();
     let ctx = Arc::new(ctx);
     if ctx.role == Role::Admin {
@@ -284,7 +285,7 @@ async fn serve_stream<S>(
     conn: Conn,
     l: &Listener,
     stop: watch::Receiver<bool>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+) -> Result<(), BoxError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + ReadReady + Unpin + Send + 'static,
 {

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{Notify, watch};
 
 use super::listen::DataService;
+use crate::body::BoxError;
 use crate::conn::{self, Limits, Replay};
 use crate::drive::{self, Ended, Served, Watch};
 use crate::park::{Crowd, Parking, ReadReady, Watched};
@@ -83,8 +84,6 @@ pub(super) struct Serving<'a> {
     pub(super) crowd: &'a Crowd,
 }
 
-type Outcome = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
 /// Serves one HTTP/1 connection of the data listener to its end, `prefix` already read.
 ///
 /// What this future holds while the connection is parked is what every idle connection costs,
@@ -102,7 +101,7 @@ pub(super) fn serve<'a, S>(
     mut service: DataService,
     parking: Arc<Parking>,
     mut cx: Serving<'a>,
-) -> impl Future<Output = Outcome> + 'a
+) -> impl Future<Output = Result<(), BoxError>> + 'a
 where
     S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
