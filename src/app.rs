@@ -22,9 +22,9 @@ use crate::config::Config;
 use crate::error::{BASIC_CHALLENGE, BEARER_CHALLENGE, ProxyError};
 use crate::forward::{self, Upstream, headers};
 use crate::promapi::EmulatedEndpoint;
-use crate::route::{RouteMatch, RouteTable, normalize_path};
+use crate::route::{Route, RouteMatch, RouteTable, normalize_path};
 use crate::telemetry::{Exchange, Metered, Metrics, Refusal};
-use crate::tenant::{TenantError, TenantOrigin, TenantSource};
+use crate::tenant::{Resolved, TenantError, TenantOrigin, TenantSource};
 use crate::tls::PeerNames;
 
 /// The body of every response tenantgate sends.
@@ -245,12 +245,22 @@ impl App {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        self.serve(req, &ConnInfo::default()).await
+        self.serve(req, &Arc::new(ConnInfo::default())).await
     }
 
     /// Serves one request that came on the connection `conn`. Never fails: every error becomes
     /// a response.
-    pub async fn serve<B>(&self, req: Request<B>, conn: &ConnInfo) -> Response<ResponseBody>
+    ///
+    /// Not an `async fn`: everything that waits for nothing (the checks, routing, a fixed or
+    /// header tenant, an emulated answer, the upstream request's head) runs here, before the
+    /// returned future exists. On the usual path that future is then just the upstream
+    /// exchange in flight ([`Serving`]), built in place: the request is not carried, or
+    /// copied, through a chain of `async fn`s, each holding it twice.
+    pub fn serve<B>(
+        &self,
+        req: Request<B>,
+        conn: &Arc<ConnInfo>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<B>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -265,44 +275,40 @@ impl App {
             exchange.client = Some(conn.logged_remote());
         }
         // The permit lives in the exchange, so it is released when the response body is done.
-        let permit = self.shared.in_flight.clone().try_acquire_owned().ok();
-        let served = match permit {
-            Some(p) => {
+        let step = match self.shared.in_flight.clone().try_acquire_owned() {
+            Ok(p) => {
                 exchange.hold(p);
-                self.route_and_serve(&runtime, req, conn, &mut exchange)
-                    .await
+                self.route(&runtime, req, conn, &mut exchange)
             }
-            None => {
+            Err(_) => {
                 self.shared.metrics.refused(Refusal::InFlightLimit);
                 Err(ProxyError::Overloaded(
                     "too many requests in flight (server.max_requests_in_flight)",
                 ))
             }
         };
-        let resp = match served {
-            Ok(resp) => resp,
-            Err(e) => {
-                if let ProxyError::Upstream { kind, .. } = &e
-                    && let Some(u) = exchange.upstream.clone()
-                {
-                    self.shared.metrics.upstream_error(&u, *kind);
-                }
-                exchange.error = Some(e.to_string());
-                e.to_response()
-            }
-        };
-        exchange.status = resp.status().as_u16();
-        let (parts, body) = resp.into_parts();
-        Response::from_parts(parts, Metered::new(body, exchange))
+        match step {
+            Ok(Step::Now(Dispatch::Forward(forwarding))) => Serving::forward(forwarding, exchange),
+            Ok(Step::Now(Dispatch::Answer(resp))) => Serving::ready(finish(Ok(resp), exchange)),
+            Err(e) => Serving::ready(finish(Err(e), exchange)),
+            Ok(Step::Later(later)) => Serving::later(Box::pin(self.clone().serve_later(
+                runtime,
+                *later,
+                conn.clone(),
+                exchange,
+            ))),
+        }
     }
 
-    async fn route_and_serve<B>(
+    /// Checks, normalizes and routes a request, and takes it as far as it goes without
+    /// waiting.
+    fn route<B>(
         &self,
         rt: &Runtime,
         req: Request<B>,
         conn: &ConnInfo,
         ex: &mut Exchange,
-    ) -> Result<Response<ProxyBody>, ProxyError>
+    ) -> Result<Step<B, impl Forward + use<B>>, ProxyError>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -349,7 +355,135 @@ impl App {
         };
         ex.set_route(route.handles(ex.metrics()));
 
-        // 3. Tenant: chosen by the route, never taken from the client as sent.
+        // 3. Tenant: chosen by the route, never taken from the client as sent. A credential
+        //    check may wait, and a request split by series labels waits for its parts: those
+        //    go on in a future of their own (`serve_later`).
+        let now = match &route.tenant {
+            TenantSource::Label(_) => None,
+            source => source.resolve_now(req.headers()),
+        };
+        let Some(resolved) = now else {
+            return Ok(Step::Later(Box::new(Later {
+                req,
+                path: path.into_owned(),
+                route,
+            })));
+        };
+        let resolved = resolved.map_err(|e| refuse(e, &route.tenant, &rt.config.identities, ex))?;
+        self.dispatch(rt, &route, req, &path, resolved, conn, ex)
+            .map(Step::Now)
+    }
+
+    /// The rest of a request whose tenant is chosen: an emulated answer, or the request on its
+    /// way to the upstream.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the request's parts as the pipeline has them; a struct would only be unpacked"
+    )]
+    fn dispatch<B>(
+        &self,
+        rt: &Runtime,
+        route: &Route,
+        req: Request<B>,
+        path: &str,
+        resolved: Resolved,
+        conn: &ConnInfo,
+        ex: &mut Exchange,
+    ) -> Result<Dispatch<impl Forward + use<B>>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        ex.tenant = Some(resolved.tenant.label());
+        ex.tenant_origin = Some(resolved.origin.as_str());
+        ex.identity = resolved.identity;
+        let tenant = &resolved.tenant;
+
+        // 4. Emulated endpoints are answered before anything reaches the upstream.
+        if let Some(emulation) = &route.prometheus
+            && let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), path)
+        {
+            let handles = route.handles(ex.metrics());
+            handles.emulated(endpoint.name());
+            let answer = emulation.respond(endpoint, req.method());
+            // The sidecar GETs status/config every 30 s: a stale timestamp means it is gone.
+            // Only a read that got the config counts (not a HEAD, a 405 or an error).
+            if endpoint == EmulatedEndpoint::Config
+                && req.method() == http::Method::GET
+                && answer.as_ref().is_ok_and(|r| r.status().is_success())
+            {
+                handles.sidecar_seen();
+            }
+            return answer.map(Dispatch::Answer);
+        }
+
+        // 5. Forward.
+        let upstream = rt.upstreams.get(&route.upstream).ok_or_else(|| {
+            ProxyError::Internal(format!(
+                "route {} has no upstream {}",
+                route.name, route.upstream
+            ))
+        })?;
+        ex.upstream = Some(route.upstream.clone());
+        if crate::body::content_length(req.headers()).is_some_and(|n| n > route.max_request_body) {
+            return Err(ProxyError::BodyTooLarge {
+                limit: route.max_request_body,
+            });
+        }
+        let target = route.rewrite.apply(path);
+        let uri = upstream.uri_for_request(&target, req.uri())?;
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        headers::set_tenant(&mut parts.headers, tenant);
+        if !route.forward_authorization {
+            // Credentials for tenantgate are not credentials for the upstream.
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        headers::add_forwarded_value(&mut parts.headers, &conn.forwarded_for, conn.tls);
+        // The client's Host names tenantgate; the pool sets the upstream's.
+        parts.headers.remove(header::HOST);
+        parts.uri = uri;
+        parts.extensions = http::Extensions::new();
+        let body = if body.is_end_stream() {
+            forward::empty_body()
+        } else {
+            forward::upstream_body(body, route.max_request_body, ex.count_request_bytes())
+        };
+        Ok(Dispatch::Forward(
+            upstream.forward(Request::from_parts(parts, body)),
+        ))
+    }
+
+    /// A request whose tenant waits for a credential check, or that is split by series labels.
+    async fn serve_later<B>(
+        self,
+        rt: Arc<Runtime>,
+        later: Later<B>,
+        conn: Arc<ConnInfo>,
+        mut ex: Box<Exchange>,
+    ) -> Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let served = self
+            .authenticate_and_serve(&rt, later, &conn, &mut ex)
+            .await;
+        finish(served, ex)
+    }
+
+    async fn authenticate_and_serve<B>(
+        &self,
+        rt: &Runtime,
+        later: Later<B>,
+        conn: &ConnInfo,
+        ex: &mut Exchange,
+    ) -> Result<Response<ProxyBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Later { req, path, route } = later;
         if let TenantSource::Label(tenancy) = &route.tenant {
             // One request per tenant named by the series' labels (crate::push).
             let caller = tenancy
@@ -379,8 +513,8 @@ impl App {
                 client: conn.remote.ip(),
                 tls: conn.tls,
             };
-            // Boxed: the split-and-fan-out future is large, and inline it would grow (and be
-            // moved with) every request's future.
+            // Boxed: the split-and-fan-out future is large, and inline it would size the
+            // credential-checking requests' futures too.
             return Box::pin(crate::push::serve::serve(
                 &route, &upstream, tenancy, caller, incoming, ex,
             ))
@@ -396,62 +530,10 @@ impl App {
             )
             .await
             .map_err(|e| refuse(e, &route.tenant, &rt.config.identities, ex))?;
-        ex.tenant = Some(resolved.tenant.label());
-        ex.tenant_origin = Some(resolved.origin.as_str());
-        ex.identity = resolved.identity.clone();
-        let tenant = &resolved.tenant;
-
-        // 4. Emulated endpoints are answered before anything reaches the upstream.
-        if let Some(emulation) = &route.prometheus
-            && let Some(endpoint) = EmulatedEndpoint::find(route.path.as_str(), &path)
-        {
-            let handles = route.handles(ex.metrics());
-            handles.emulated(endpoint.name());
-            let answer = emulation.respond(endpoint, req.method());
-            // The sidecar GETs status/config every 30 s: a stale timestamp means it is gone.
-            // Only a read that got the config counts (not a HEAD, a 405 or an error).
-            if endpoint == EmulatedEndpoint::Config
-                && req.method() == http::Method::GET
-                && answer.as_ref().is_ok_and(|r| r.status().is_success())
-            {
-                handles.sidecar_seen();
-            }
-            return answer;
+        match self.dispatch(rt, &route, req, &path, resolved, conn, ex)? {
+            Dispatch::Answer(resp) => Ok(resp),
+            Dispatch::Forward(forwarding) => forwarding.await,
         }
-
-        // 5. Forward.
-        let upstream = rt.upstreams.get(&route.upstream).ok_or_else(|| {
-            ProxyError::Internal(format!(
-                "route {} has no upstream {}",
-                route.name, route.upstream
-            ))
-        })?;
-        ex.upstream = Some(route.upstream.clone());
-        if crate::body::content_length(req.headers()).is_some_and(|n| n > route.max_request_body) {
-            return Err(ProxyError::BodyTooLarge {
-                limit: route.max_request_body,
-            });
-        }
-        let target = route.rewrite.apply(&path);
-        let uri = upstream.uri_for_request(&target, req.uri())?;
-        let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        headers::set_tenant(&mut parts.headers, tenant);
-        if !route.forward_authorization {
-            // Credentials for tenantgate are not credentials for the upstream.
-            parts.headers.remove(header::AUTHORIZATION);
-        }
-        headers::add_forwarded_value(&mut parts.headers, &conn.forwarded_for, conn.tls);
-        // The client's Host names tenantgate; the pool sets the upstream's.
-        parts.headers.remove(header::HOST);
-        parts.uri = uri;
-        parts.extensions = http::Extensions::new();
-        let body = if body.is_end_stream() {
-            forward::empty_body()
-        } else {
-            forward::upstream_body(body, route.max_request_body, ex.count_request_bytes())
-        };
-        upstream.send(Request::from_parts(parts, body)).await
     }
 }
 
@@ -539,10 +621,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let app = self.clone();
-        Box::pin(async move { Ok(app.handle(req).await) })
+        let serving = self.serve(req, &Arc::new(ConnInfo::default()));
+        Box::pin(async move { Ok(serving.await) })
     }
 }
+
+#[path = "app_serving.rs"]
+mod serving;
+use serving::{Dispatch, Forward, Later, Serving, Step, finish};
 
 #[cfg(test)]
 #[path = "app_tests.rs"]

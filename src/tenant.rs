@@ -279,96 +279,51 @@ impl TenantSource {
         identities: &Identities,
     ) -> Result<Resolved, TenantError> {
         match self {
+            TenantSource::Identity {
+                allowed,
+                federation,
+            } => {
+                identity_tenant(
+                    allowed.as_deref(),
+                    *federation,
+                    headers,
+                    peer,
+                    client,
+                    identities,
+                )
+                .await
+            }
+            // Every other source waits for nothing.
+            other => other.resolve_now(headers).unwrap_or_else(|| {
+                Err(TenantError::Forbidden(
+                    "this route takes the tenant from the caller's identity".into(),
+                ))
+            }),
+        }
+    }
+
+    /// [`TenantSource::resolve`] for the sources that wait for nothing: every source but
+    /// `Identity`, whose credential check may queue (`None`). The request pipeline takes this
+    /// path without a future of its own.
+    pub fn resolve_now(&self, headers: &HeaderMap) -> Option<Result<Resolved, TenantError>> {
+        Some(match self {
             TenantSource::Fixed(t) => Ok(Resolved {
                 tenant: t.clone(),
                 origin: TenantOrigin::Route,
                 identity: None,
             }),
-            TenantSource::Identity {
-                allowed,
-                federation,
-            } => {
-                // Boxed: a login's future is large, and every request's future would carry its
-                // size (and move it) if it were inline, fixed-tenant routes included.
-                let id = Box::pin(identities.authenticate(headers, peer, client))
-                    .await
-                    .map_err(TenantError::Unauthenticated)?;
-                if let Some(allowed) = allowed
-                    && !allowed.iter().any(|a| *a == id.name)
-                {
-                    return Err(TenantError::IdentityForbidden {
-                        identity: id.name.clone(),
-                        message: format!("identity {:?} may not use this route", &*id.name),
-                    });
-                }
-                if id.tenant.is_federated() && !federation {
-                    return Err(TenantError::IdentityForbidden {
-                        identity: id.name.clone(),
-                        message: format!(
-                            "identity {:?} maps to several tenants; this route does not allow federation",
-                            &*id.name
-                        ),
-                    });
-                }
-                Ok(Resolved {
-                    tenant: id.tenant.clone(),
-                    origin: TenantOrigin::Identity,
-                    identity: Some(id.name.clone()),
-                })
-            }
+            TenantSource::Identity { .. } => return None,
             TenantSource::Header {
                 allow,
                 federation,
                 aliases,
-            } => {
-                let mut values = headers.get_all(TENANT_HEADER).iter();
-                let value = values.next().ok_or(TenantError::MissingHeader)?;
-                if values.next().is_some() {
-                    return Err(TenantError::BadHeader(
-                        "several X-Scope-OrgID headers; send exactly one".into(),
-                    ));
-                }
-                let value = value
-                    .to_str()
-                    .map_err(|_| TenantError::BadHeader("X-Scope-OrgID is not ASCII".into()))?;
-                if value.is_empty() {
-                    return Err(TenantError::MissingHeader);
-                }
-                let tenant = match aliases.get(value) {
-                    Some(t) => t.clone(),
-                    None => TenantId::parse_with(value, *federation).map_err(|e| match e {
-                        InvalidTenant::Federation => TenantError::Forbidden(
-                            "tenant federation ('|') is not allowed on this route".into(),
-                        ),
-                        e => TenantError::BadHeader(format!(
-                            "X-Scope-OrgID is not a valid tenant ID: {e}"
-                        )),
-                    })?,
-                };
-                if tenant.is_federated() && !federation {
-                    return Err(TenantError::Forbidden(
-                        "tenant federation ('|') is not allowed on this route".into(),
-                    ));
-                }
-                for member in tenant.as_str().split('|') {
-                    if !allow.iter().any(|a| a.as_str() == member) {
-                        return Err(TenantError::Forbidden(format!(
-                            "tenant {member:?} is not allowed on this route"
-                        )));
-                    }
-                }
-                Ok(Resolved {
-                    tenant,
-                    origin: TenantOrigin::Header,
-                    identity: None,
-                })
-            }
+            } => header_tenant(headers, allow, *federation, aliases),
             // Not one tenant per request: `crate::push` splits these, after `LabelTenancy::caller`.
             TenantSource::Label(_) => Err(TenantError::Forbidden(
                 "this route takes the tenant from each series' labels; it accepts remote write only"
                     .into(),
             )),
-        }
+        })
     }
 
     /// The tenants this source can produce, for `tenantgate check` (never a secret).
@@ -485,6 +440,93 @@ impl TenantSource {
         out.dedup();
         out
     }
+}
+
+/// The tenant of an identity route: the caller's, once its credential checks out.
+async fn identity_tenant(
+    allowed: Option<&[Arc<str>]>,
+    federation: bool,
+    headers: &HeaderMap,
+    peer: Option<&PeerNames>,
+    client: std::net::IpAddr,
+    identities: &Identities,
+) -> Result<Resolved, TenantError> {
+    // Boxed: a login's future is large, and every request's future would carry its
+    // size (and move it) if it were inline, fixed-tenant routes included.
+    let id = Box::pin(identities.authenticate(headers, peer, client))
+        .await
+        .map_err(TenantError::Unauthenticated)?;
+    if let Some(allowed) = allowed
+        && !allowed.iter().any(|a| *a == id.name)
+    {
+        return Err(TenantError::IdentityForbidden {
+            identity: id.name.clone(),
+            message: format!("identity {:?} may not use this route", &*id.name),
+        });
+    }
+    if id.tenant.is_federated() && !federation {
+        return Err(TenantError::IdentityForbidden {
+            identity: id.name.clone(),
+            message: format!(
+                "identity {:?} maps to several tenants; this route does not allow federation",
+                &*id.name
+            ),
+        });
+    }
+    Ok(Resolved {
+        tenant: id.tenant.clone(),
+        origin: TenantOrigin::Identity,
+        identity: Some(id.name.clone()),
+    })
+}
+
+/// The tenant a header route takes from the client's `X-Scope-OrgID`, checked against its
+/// allow-list.
+fn header_tenant(
+    headers: &HeaderMap,
+    allow: &[TenantId],
+    federation: bool,
+    aliases: &BTreeMap<String, TenantId>,
+) -> Result<Resolved, TenantError> {
+    let mut values = headers.get_all(TENANT_HEADER).iter();
+    let value = values.next().ok_or(TenantError::MissingHeader)?;
+    if values.next().is_some() {
+        return Err(TenantError::BadHeader(
+            "several X-Scope-OrgID headers; send exactly one".into(),
+        ));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| TenantError::BadHeader("X-Scope-OrgID is not ASCII".into()))?;
+    if value.is_empty() {
+        return Err(TenantError::MissingHeader);
+    }
+    let tenant = match aliases.get(value) {
+        Some(t) => t.clone(),
+        None => TenantId::parse_with(value, federation).map_err(|e| match e {
+            InvalidTenant::Federation => TenantError::Forbidden(
+                "tenant federation ('|') is not allowed on this route".into(),
+            ),
+            e => TenantError::BadHeader(format!("X-Scope-OrgID is not a valid tenant ID: {e}")),
+        })?,
+    };
+    if tenant.is_federated() && !federation {
+        return Err(TenantError::Forbidden(
+            "tenant federation ('|') is not allowed on this route".into(),
+        ));
+    }
+    for member in tenant.as_str().split('|') {
+        if !allow.iter().any(|a| a.as_str() == member) {
+            return Err(TenantError::Forbidden(format!(
+                "tenant {member:?} is not allowed on this route"
+            )));
+        }
+    }
+    Ok(Resolved {
+        tenant,
+        origin: TenantOrigin::Header,
+        identity: None,
+    })
 }
 
 #[cfg(test)]

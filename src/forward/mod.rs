@@ -116,7 +116,8 @@ where
 /// One upstream: its settings and its connection pool.
 pub struct Upstream {
     pub settings: UpstreamSettings,
-    pool: Pool,
+    /// Shared with the futures of the requests in flight (see [`Upstream::forward`]).
+    pool: Arc<Pool>,
     /// Result of the last health check; true when the upstream has none.
     healthy: AtomicBool,
 }
@@ -126,6 +127,29 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("name", &self.settings.name)
             .finish()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One forwarded exchange until the upstream's response headers (see [`Upstream::forward`]).
+    pub(crate) struct Forwarding<F> {
+        upstream: Arc<Upstream>,
+        #[pin]
+        sending: tokio::time::Timeout<F>,
+    }
+}
+
+impl<F> Future for Forwarding<F>
+where
+    F: Future<Output = Result<Response<PooledBody>, SendError>>,
+{
+    type Output = Result<Response<ProxyBody>, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.sending
+            .poll(cx)
+            .map(|sent| this.upstream.answered(sent))
     }
 }
 
@@ -189,7 +213,7 @@ impl Upstream {
         let healthy = AtomicBool::new(settings.health_check.is_none());
         Ok(Upstream {
             settings,
-            pool,
+            pool: Arc::new(pool),
             healthy,
         })
     }
@@ -295,8 +319,32 @@ impl Upstream {
         &self,
         req: Request<UpstreamBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
+        let timeout = self.settings.timeouts.response_header;
+        self.answered(tokio::time::timeout(timeout, self.pool.send(req)).await)
+    }
+
+    /// [`Upstream::send`] as a `'static` future of a known type, for the request pipeline: it
+    /// holds the request once, inside the pool's future, and is built before the request's own
+    /// future so that it can live in it without being moved or copied again.
+    pub(crate) fn forward(
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Forwarding<impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + use<>>
+    {
+        let timeout = self.settings.timeouts.response_header;
+        Forwarding {
+            upstream: self.clone(),
+            sending: tokio::time::timeout(timeout, self.pool.send(req)),
+        }
+    }
+
+    /// What the caller gets for the pool's answer (or its deadline passing).
+    fn answered(
+        &self,
+        sent: Result<Result<Response<PooledBody>, SendError>, tokio::time::error::Elapsed>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
         let timeouts = self.settings.timeouts;
-        let resp = match tokio::time::timeout(timeouts.response_header, self.pool.send(req)).await {
+        let resp = match sent {
             Ok(Ok(resp)) => resp,
             Ok(Err(e)) => return Err(self.classify(&e)),
             Err(_) => {

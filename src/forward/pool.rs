@@ -152,48 +152,50 @@ impl Pool {
 
     /// Sends a request (its URI origin-form or absolute; only the path and query are used) and
     /// returns the response once its headers arrived, its body still streaming.
-    pub(crate) async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        if self.http2 {
-            self.send_h2(req).await
-        } else {
-            self.send_h1(req).await
-        }
-    }
-
-    async fn send_h1(
-        &self,
+    ///
+    /// A function returning one `async move` block, not an `async fn`: the block owns the pool
+    /// and the request once (an `async fn` keeps its arguments twice, as given and moved into
+    /// its body), and it is `'static`, so the request pipeline can build it before its own
+    /// future and hold it in place. Every forwarded request's future holds this one.
+    pub(crate) fn send(
+        self: &Arc<Self>,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, SendError> {
-        *req.version_mut() = Version::HTTP_11;
-        if req.uri().scheme().is_some() {
-            *req.uri_mut() = Uri::from(path_and_query(req.uri()));
-        }
-        req.headers_mut()
-            .entry(header::HOST)
-            .or_insert_with(|| self.host.clone());
-        loop {
-            let (mut tx, fresh) = match self.shared.take_idle() {
-                Some(tx) => (tx, false),
-                // Boxed: connecting is rare, and its future would otherwise make every
-                // request's future larger.
-                None => (Box::pin(self.connect_h1()).await?, true),
-            };
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    // A connection that switched protocols is no longer HTTP/1: never reused.
-                    let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
-                        .then(|| (tx, self.shared.clone()));
-                    return Ok(resp.map(|body| PooledBody::new(body, back)));
+    ) -> impl Future<Output = Result<Response<PooledBody>, SendError>> + Send + use<> {
+        let pool = self.clone();
+        async move {
+            if pool.http2 {
+                // Boxed: HTTP/2's future is the larger one, and inline it would size every
+                // HTTP/1 request's future too.
+                return Box::pin(pool.send_h2(req)).await;
+            }
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().scheme().is_some() {
+                *req.uri_mut() = Uri::from(path_and_query(req.uri()));
+            }
+            req.headers_mut()
+                .entry(header::HOST)
+                .or_insert_with(|| pool.host.clone());
+            loop {
+                let (mut tx, fresh) = match pool.shared.take_idle() {
+                    Some(tx) => (tx, false),
+                    // Boxed: connecting is rare, and its future would otherwise make every
+                    // request's future larger.
+                    None => (Box::pin(pool.connect_h1()).await?, true),
+                };
+                match tx.try_send_request(req).await {
+                    Ok(resp) => {
+                        // A connection that switched protocols is no longer HTTP/1: never reused.
+                        let back = (resp.status() != StatusCode::SWITCHING_PROTOCOLS)
+                            .then(|| (tx, pool.shared.clone()));
+                        return Ok(resp.map(|body| PooledBody::new(body, back)));
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Handed back unsent: the idle connection had closed under us. Another
+                        // one (or a new one) gets it; nothing reached the upstream.
+                        Some(unsent) if !fresh => req = unsent,
+                        _ => return Err(SendError::Request(e.into_error())),
+                    },
                 }
-                Err(mut e) => match e.take_message() {
-                    // Handed back unsent: the idle connection had closed under us. Another one
-                    // (or a new one) gets it; nothing reached the upstream.
-                    Some(unsent) if !fresh => req = unsent,
-                    _ => return Err(SendError::Request(e.into_error())),
-                },
             }
         }
     }

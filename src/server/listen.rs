@@ -3,8 +3,10 @@
 //! [`parked`]).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use http::{Request, Response, header};
@@ -14,12 +16,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use super::{State, admin, parked};
-use crate::app::{App, ConnInfo};
+use crate::app::{App, ConnInfo, ResponseBody};
 use crate::body::BoxError;
 use crate::conn;
 use crate::conns::{Chain, Registration};
 use crate::drive;
-use crate::park::{Crowd, Parking, ReadReady, Tracked};
+use crate::park::{Crowd, InFlight, Parking, ReadReady, Tracked};
 use crate::tls::PeerNames;
 
 /// hyper's servers for the two protocols, set up once from the config.
@@ -434,15 +436,39 @@ impl hyper::service::Service<Request<Incoming>> for DataService {
                 None,
             )
         };
-        let req = Request::from_parts(parts, body);
-        let app = self.app.clone();
-        let info = self.info.clone();
-        Box::pin(async move {
-            let resp = app.serve(req, &info).await;
-            if let Some(hold) = hold {
+        let serving = self.app.serve(Request::from_parts(parts, body), &self.info);
+        match hold {
+            // Not an async block: that would hold `serving` twice (as captured, and moved
+            // into the await).
+            None => Box::pin(Respond { serving, in_flight }),
+            Some(hold) => Box::pin(async move {
+                let resp = serving.await;
                 hold.wait().await;
-            }
-            Ok(resp.map(|body| Tracked::new(body, in_flight)))
-        })
+                Ok(resp.map(|body| Tracked::new(body, in_flight)))
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response, its body tracked for parking.
+    struct Respond<F> {
+        #[pin]
+        serving: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F> Future for Respond<F>
+where
+    F: Future<Output = Response<ResponseBody>>,
+{
+    type Output = Result<Response<Tracked<ResponseBody>>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let resp = ready!(this.serving.poll(cx));
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(resp.map(|body| Tracked::new(body, in_flight))))
     }
 }
