@@ -140,3 +140,18 @@ async fn a_route_with_a_host_is_chosen_by_the_request_host() {
     .unwrap();
     assert!(!RouteTable::new(plain.routes).uses_host());
 }
+
+/// A forwarded request's future is boxed for the whole exchange: its size is memory per request
+/// in flight, and bytes moved per request. Built from `async fn`s it held the request at every
+/// level, twice (4.2 KB, and 4.9 KB as the server boxed it); now the upstream exchange is built
+/// first and held once (696 bytes; 712 as the server boxes it).
+#[tokio::test]
+async fn a_forwarded_request_s_future_holds_the_upstream_exchange_and_little_else() {
+    let app = App::new(config("1s"), AppOptions { access_log: false }).unwrap();
+    let req = Request::get("/api/v1/labels")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let serving = app.serve(req, &Arc::new(ConnInfo::default()));
+    let size = std::mem::size_of_val(&serving);
+    assert!(size < 1024, "a forwarded request's future is {size} bytes");
+}
