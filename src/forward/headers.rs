@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, Entry, HeaderMap, HeaderName, HeaderValue};
 
 use crate::tenant::{TENANT_HEADER, TenantId};
 
@@ -39,19 +39,28 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any {
         return;
     }
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `keep-alive` and `close`, what nearly every upstream sends, name nothing more to remove
-        // (Keep-Alive is hop-by-hop anyway): skipping them leaves the list empty, unallocated.
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // The names `Connection` lists go too. Nearly every peer sends only `keep-alive` or
+    // `close`, which name nothing more (Keep-Alive is hop-by-hop anyway): that value is
+    // recognised whole, without splitting, and nothing is allocated.
+    if present[0] {
+        let mut listed: Vec<HeaderName> = Vec::new();
+        for value in headers.get_all(header::CONNECTION) {
+            if names_nothing_more(value.as_bytes()) {
+                continue;
+            }
+            let Ok(value) = value.to_str() else { continue };
+            for token in value.split(',').map(str::trim_ascii) {
+                if names_nothing_more(token.as_bytes()) {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    listed.push(name);
+                }
+            }
+        }
+        for name in listed {
+            headers.remove(name);
+        }
     }
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present[i] {
@@ -61,6 +70,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if present[HOPS] {
         headers.remove(header::UPGRADE);
     }
+}
+
+/// A `Connection` token (or a whole value) that names no header to remove.
+fn names_nothing_more(token: &[u8]) -> bool {
+    token.is_empty()
+        || token.eq_ignore_ascii_case(b"keep-alive")
+        || token.eq_ignore_ascii_case(b"close")
 }
 
 /// The index of a hop-by-hop name in [`HOP_BY_HOP`], or [`HOPS`] for `Upgrade`.
@@ -149,27 +165,25 @@ pub fn ip_value(client: IpAddr) -> HeaderValue {
 /// [`add_forwarded`] with the client's address already a header value: the usual request,
 /// with no `X-Forwarded-For` of its own, copies nothing.
 pub fn add_forwarded_value(headers: &mut HeaderMap, client: &HeaderValue, https: bool) {
-    let xff = X_FORWARDED_FOR;
-    let joined: Option<String> = {
-        let earlier: Vec<&str> = headers
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if earlier.is_empty() {
-            None
-        } else {
+    // One lookup: the usual request has no `X-Forwarded-For` and gets the client's address.
+    match headers.entry(X_FORWARDED_FOR) {
+        Entry::Vacant(e) => {
+            e.insert(client.clone());
+        }
+        Entry::Occupied(mut e) => {
+            let earlier: Vec<&str> = e.iter().filter_map(|v| v.to_str().ok()).collect();
             let ip = client.to_str().unwrap_or("unknown");
-            Some(format!("{}, {ip}", earlier.join(", ")))
+            let joined = if earlier.is_empty() {
+                ip.to_owned()
+            } else {
+                format!("{}, {ip}", earlier.join(", "))
+            };
+            let value = HeaderValue::from_str(&joined)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+            // Replaces every earlier copy: one header, the whole chain.
+            e.insert(value);
         }
-    };
-    let value = match joined {
-        Some(j) => {
-            HeaderValue::from_str(&j).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
-        }
-        None => client.clone(),
-    };
-    headers.insert(xff, value);
+    }
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
 }
@@ -253,6 +267,24 @@ mod tests {
         assert_eq!(h["x-keep"], "3");
     }
 
+    /// `keep-alive` and `close`, whole or among other tokens and in any case, name nothing
+    /// more; the other tokens still do.
+    #[test]
+    fn keep_alive_and_close_name_nothing_more() {
+        let mut h = map(&[("connection", "Keep-Alive"), ("x-keep", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("connection").is_none());
+        assert_eq!(h["x-keep"], "1");
+        let mut h = map(&[
+            ("connection", "keep-alive,x-hop , CLOSE"),
+            ("x-hop", "1"),
+            ("x-keep", "2"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-hop").is_none() && h.get("connection").is_none());
+        assert_eq!(h["x-keep"], "2");
+    }
+
     /// Garbage in Connection does not panic and does not remove anything else.
     #[test]
     fn ignores_invalid_connection_tokens() {
@@ -295,6 +327,11 @@ mod tests {
         ]);
         add_forwarded(&mut h, "::1".parse().unwrap(), true);
         assert_eq!(h["x-forwarded-for"], "1.1.1.1, 2.2.2.2, ::1");
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().count(),
+            1,
+            "one header, the chain"
+        );
         assert_eq!(h["x-forwarded-proto"], "https");
     }
 }
