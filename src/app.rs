@@ -256,6 +256,10 @@ impl App {
     /// returned future exists. On the usual path that future is then just the upstream
     /// exchange in flight ([`Serving`]), built in place: the request is not carried, or
     /// copied, through a chain of `async fn`s, each holding it twice.
+    ///
+    /// Call it inside the Tokio runtime: the response-header deadline is set here. On HTTP/2
+    /// this part runs on the connection's task (hyper spawns only the returned future), which
+    /// is why anything that may wait, a credential check, is left to the future.
     pub fn serve<B>(
         &self,
         req: Request<B>,

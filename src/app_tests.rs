@@ -141,8 +141,8 @@ async fn a_route_with_a_host_is_chosen_by_the_request_host() {
     assert!(!RouteTable::new(plain.routes).uses_host());
 }
 
-/// A forwarded request's future is boxed for the whole exchange: its size is memory per request
-/// in flight, and bytes moved per request. Built from `async fn`s it held the request at every
+/// A forwarded request's future is boxed until the response headers: its size is memory per
+/// request waiting on the upstream, and bytes moved per request. Built from `async fn`s it held the request at every
 /// level, twice (4.2 KB, and 4.9 KB as the server boxed it); now the upstream exchange is built
 /// first and held once (696 bytes; 712 as the server boxes it).
 #[tokio::test]
